@@ -1,0 +1,198 @@
+"""Bindings and instance handles: how code creates and controls instances (SPEC §2).
+
+They read and write the store whether or not the engine runs in this process: a web server can
+create instances that a worker process runs.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from . import validators
+from .errors import InstanceNotFoundError, ValidationError
+from .serde import public_error
+from .store.base import STEP_KINDS, TERMINAL, NewInstance
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .store.base import InstanceRecord, Store
+
+
+def _create_item(options: object) -> tuple[str, str]:
+    if not isinstance(options, Mapping):
+        raise ValidationError(f"an instance to create must be a mapping {{'id'?, 'params'?}}, got {type(options).__name__}")
+    unknown = set(options) - {"id", "params"}
+    if unknown:
+        raise ValidationError(f"unknown key(s) {sorted(unknown)} in create options; allowed: 'id', 'params'")
+    instance_id = options.get("id")
+    instance_id = str(uuid.uuid4()) if instance_id is None else validators.instance_id(instance_id)
+    params = options.get("params")
+    return instance_id, validators.encode_json({} if params is None else params, "create params")
+
+
+class WorkflowBinding:
+    """The handle ``engine.register`` returns: ``create``, ``create_batch`` and ``get``."""
+
+    def __init__(self, engine: Engine, name: str) -> None:
+        self._engine = engine
+        self.name = name
+
+    async def _store(self) -> Store:
+        return await self._engine.ensure_store()
+
+    async def create(
+        self, options: Mapping[str, Any] | None = None, /, *, id: str | None = None, params: Any = None
+    ) -> Instance:
+        """Queue a new instance; ``id`` is generated when omitted. Also accepts Cloudflare's
+        single mapping ``create({"id": ..., "params": ...})``. A duplicate id raises
+        :class:`~perdure.InstanceAlreadyExistsError`."""
+        if options is not None:
+            if id is not None or params is not None:
+                raise ValidationError("pass either a mapping or id=/params=, not both")
+            item: Mapping[str, Any] = options
+        else:
+            item = {"id": id, "params": params}
+        created = await self._create_many([item], skip_existing=False)
+        return created[0]
+
+    async def create_batch(self, items: list[Mapping[str, Any]]) -> list[Instance]:
+        """Queue 1-100 instances at once; ids that already exist are skipped and left out."""
+        return await self._create_many(validators.batch_size(items), skip_existing=True)
+
+    async def _create_many(
+        self,
+        items: list[Mapping[str, Any]],
+        *,
+        skip_existing: bool,
+        trigger: str = "binding",
+        schedule: dict[str, Any] | None = None,
+    ) -> list[Instance]:
+        new = [NewInstance(*_create_item(item), trigger=trigger, schedule=schedule) for item in items]
+        store = await self._store()
+        records = await store.create_instances(self.name, new, self._engine.clock.now(), skip_existing=skip_existing)
+        if records:
+            self._engine.nudge()
+        return [Instance(self, r.id, r.pk) for r in records]
+
+    async def get(self, instance_id: str) -> Instance:
+        """The instance with that id; :class:`~perdure.InstanceNotFoundError` if there is none."""
+        validators.instance_id(instance_id)
+        record = await (await self._store()).get_instance(self.name, instance_id)
+        if record is None:
+            raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {self.name!r}")
+        return Instance(self, record.id, record.pk)
+
+    def __repr__(self) -> str:
+        return f"<WorkflowBinding {self.name!r}>"
+
+
+class Instance:
+    """One workflow instance: status and control."""
+
+    def __init__(self, binding: WorkflowBinding, id: str, pk: int) -> None:
+        self._binding = binding
+        self._engine = binding._engine
+        self.id = id
+        self.pk = pk
+
+    @property
+    def workflow(self) -> str:
+        return self._binding.name
+
+    async def record(self) -> InstanceRecord:
+        """Everything stored about the instance (params, trigger, timestamps, ...)."""
+        record = await (await self._binding._store()).get_by_pk(self.pk)
+        if record is None:
+            raise InstanceNotFoundError(f"instance {self.id!r} of workflow {self.workflow!r} no longer exists")
+        return record
+
+    async def status(self) -> dict[str, Any]:
+        """``{"status", "output", "error"}`` with the exact Cloudflare status strings."""
+        record = await self.record()
+        return {"status": record.status, "output": record.output, "error": public_error(record.error)}
+
+    async def pause(self) -> None:
+        """Pause: at once when queued or waiting, after the in-flight step when running."""
+        store = await self._binding._store()
+        await store.pause(self.pk, self._engine.clock.now())
+        self._engine.control_changed()
+
+    async def resume(self) -> None:
+        """Resume a paused instance; remaining sleep time is kept. A no-op otherwise."""
+        store = await self._binding._store()
+        await store.resume(self.pk, self._engine.clock.now())
+        self._engine.nudge()
+
+    async def terminate(self) -> None:
+        """Stop for good; raises :class:`~perdure.InvalidStateError` if already terminal."""
+        store = await self._binding._store()
+        await store.terminate(self.pk, self._engine.clock.now())
+        self._engine.control_changed()
+        self._engine._notify_watchers(self.pk)
+
+    async def restart(self, from_step: Mapping[str, Any] | None = None) -> None:
+        """Discard stored step results and run again with the same id and params;
+        ``from_step={"name", "count"=1, "type"="do"}`` keeps the steps before that one."""
+        key = None
+        if from_step is not None:
+            if not isinstance(from_step, Mapping) or set(from_step) - {"name", "count", "type"}:
+                raise ValidationError("from_step must be a mapping with 'name' and optional 'count' and 'type'")
+            name = validators.step_name(from_step.get("name"))
+            count = from_step.get("count", 1)
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ValidationError(f"from_step 'count' must be an integer >= 1, got {count!r}")
+            kind = from_step.get("type", "do")
+            if kind not in STEP_KINDS:
+                raise ValidationError(f"from_step 'type' must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
+            key = (kind, name, count)
+        store = await self._binding._store()
+        await store.restart(self.pk, self._engine.clock.now(), key)
+        self._engine.control_changed()
+
+    async def send_event(
+        self, type: Any = None, payload: Any = None, /, **kwargs: Any
+    ) -> None:
+        """Deliver an event to a ``wait_for_event`` of the same type, now or later.
+
+        ``send_event("approval", {...})``, ``send_event(type=..., payload=...)`` or Cloudflare's
+        ``send_event({"type": ..., "payload": ...})``."""
+        if isinstance(type, Mapping) and payload is None and not kwargs:
+            if set(type) - {"type", "payload"}:
+                raise ValidationError("send_event takes a mapping with 'type' and 'payload'")
+            event_type, event_payload = type.get("type"), type.get("payload")
+        else:
+            unknown = set(kwargs) - {"type", "payload"}
+            if unknown:
+                raise ValidationError(f"unknown argument(s) {sorted(unknown)}; send_event takes type and payload")
+            event_type = kwargs.get("type", type)
+            event_payload = kwargs.get("payload", payload)
+        validators.event_type(event_type)
+        encoded = validators.encode_json(event_payload, "event payload")
+        store = await self._binding._store()
+        await store.send_event(self.pk, event_type, encoded, self._engine.clock.now())
+        self._engine.nudge()
+
+    async def wait(self, timeout: float | None = None) -> dict[str, Any]:
+        """Return the final ``status()`` once the instance is complete, errored or terminated.
+
+        In the process that runs the instance this wakes on completion; for an instance
+        running elsewhere it re-reads the status with a growing interval (up to 0.5 s).
+        Raises ``TimeoutError`` after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.01
+        while True:
+            status = await self.status()
+            if status["status"] in TERMINAL:
+                return status
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"instance {self.id!r} did not finish within {timeout} seconds")
+            pause = interval if remaining is None else min(interval, remaining)
+            await self._engine.wait_for_change(self.pk, pause)
+            interval = min(interval * 2, 0.5)
+
+    def __repr__(self) -> str:
+        return f"<Instance {self.workflow}/{self.id}>"

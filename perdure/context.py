@@ -1,0 +1,461 @@
+"""The ``step`` object that ``run()`` receives: durable steps, sleeps and event waits.
+
+Every call is identified by ``(kind, name, count)``, where ``count`` says how many times that
+name was used so far in this run (SPEC §1.6). On every wake-up the engine runs ``run()`` again
+from the top with the stored steps in :attr:`Step._memo`: a finished step returns its stored
+result (or raises its stored error) without running.
+
+When a run must wait longer than a moment (a long sleep, a retry delay, an event that has not
+arrived) the step records its deadline and raises :class:`Suspend`, a ``BaseException`` that
+user code does not catch. The engine then lets in-flight steps finish, stores the earliest
+deadline on the instance and forgets the run: a waiting instance holds no coroutine and no
+memory, only rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, overload
+
+from . import validators
+from .clock import Clock, run_with_timeout
+from .durations import Duration, parse_duration, parse_timestamp
+from .errors import EventTimeoutError, NonRetryableError, ValidationError, WorkflowTimeoutError
+from .event import to_datetime
+from .retries import resolve_config, retry_delay, timeout_seconds
+from .serde import error_info, rebuild_error
+from .store.base import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, Fenced, StepRecord
+
+if TYPE_CHECKING:
+    from .store.base import Store
+
+_LOST_ATTEMPT = {"name": "WorkerLost", "message": "the process running this attempt stopped before it finished"}
+
+
+class Stop(BaseException):
+    """Ends a run early without letting user code catch it.
+
+    ``kind`` is ``"suspend"`` (wait for a deadline or an event), ``"fenced"`` (another worker
+    or a control call took the instance) or ``"fatal"`` (the instance errors with ``error``).
+    """
+
+    def __init__(self, kind: str, error: dict[str, str] | None = None) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.error = error
+
+
+_signatures: dict[Any, list[str]] = {}
+
+
+def _parameters(fn: Callable[..., Any]) -> list[str]:
+    key = getattr(fn, "__code__", fn)
+    names = _signatures.get(key)
+    if names is None:
+        names = [
+            p.name
+            for p in inspect.signature(fn).parameters.values()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+        ]
+        _signatures[key] = names
+    return names
+
+
+class StepFunction:
+    """What ``@step.do(...)`` returns: awaiting ``fn()`` runs the step (the decorator alone does not)."""
+
+    def __init__(self, step: Step, fn: Callable[..., Any], name: str, config: Any, concurrent: bool) -> None:
+        self._step = step
+        self.fn = fn
+        self.name = name
+        self.config = config
+        self.concurrent = concurrent
+        self.__name__ = getattr(fn, "__name__", name)
+        self.__doc__ = getattr(fn, "__doc__", None)
+
+    def __call__(self) -> Awaitable[Any]:
+        return self._step._invoke(self)
+
+    def __repr__(self) -> str:
+        return f"<step function {self.__name__} (step {self.name!r})>"
+
+
+class Step:
+    """The step API. One is made per run of an instance; ``run()`` receives it as ``step``."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        pk: int,
+        epoch: int,
+        clock: Clock,
+        steps: list[StepRecord],
+        step_limit: int,
+        fast_wait: float,
+    ) -> None:
+        self._store = store
+        self._pk = pk
+        self._epoch = epoch
+        self._clock = clock
+        self._memo = {s.key: s for s in steps}
+        self._counts: dict[tuple[str, str], int] = {}
+        self._do_calls = 0
+        self._step_limit = step_limit
+        self._fast_wait = fast_wait
+        self._declared: dict[str, StepFunction] = {}
+        self._results: dict[str, Any] = {}
+        self._in_flight: dict[str, asyncio.Future[Any]] = {}
+        self._active = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.stopping: Stop | None = None
+        self.pause_requested = False
+        self.wakes: list[float] = []
+        self.wait_types: set[str] = set()
+
+    # -- step.do -------------------------------------------------------------------------------
+    @overload
+    def do(self, name: Callable[..., Any], /) -> StepFunction: ...
+
+    @overload
+    def do(
+        self, name: str | None = None, /, *, config: Mapping[str, Any] | None = None, concurrent: bool = False
+    ) -> Callable[[Callable[..., Any]], StepFunction]: ...
+
+    @overload
+    def do(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        /,
+        *,
+        config: Mapping[str, Any] | None = None,
+        concurrent: bool = False,
+    ) -> Awaitable[Any]: ...
+
+    def do(
+        self,
+        name: Any = None,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        config: Mapping[str, Any] | None = None,
+        concurrent: bool = False,
+    ) -> Any:
+        """Run ``fn`` as a durable, retried step.
+
+        * ``await step.do("name", fn, config=...)`` runs it now (call form).
+        * ``@step.do("name", config=...)`` over a function returns a :class:`StepFunction`;
+          ``await fn()`` runs it. Its parameters named like earlier step functions receive
+          their results (run first if need be, concurrently with ``concurrent=True``); a
+          parameter named ``ctx`` receives ``{"step": {"name", "count"}, "attempt", "config"}``.
+        """
+        if callable(name) and fn is None:  # bare @step.do
+            return self._declare(name, name.__name__, config, concurrent)
+        if name is not None:
+            validators.step_name(name)
+        if fn is None:
+
+            def decorator(func: Callable[..., Any]) -> StepFunction:
+                return self._declare(func, name or func.__name__, config, concurrent)
+
+            return decorator
+        if not callable(fn):
+            raise TypeError(f"step.do({name!r}, fn): fn must be callable, got {type(fn).__name__}")
+        return self._run_do(name, fn, config, concurrent)
+
+    def _declare(self, fn: Callable[..., Any], name: str, config: Any, concurrent: bool) -> StepFunction:
+        validators.step_name(name)
+        declared = StepFunction(self, fn, name, config, concurrent)
+        self._declared[declared.__name__] = declared
+        return declared
+
+    async def _invoke(self, declared: StepFunction) -> Any:
+        key = declared.__name__
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._in_flight[key] = future
+        try:
+            result = await self._run_do(declared.name, declared.fn, declared.config, declared.concurrent)
+        except BaseException as exc:
+            if not future.done():
+                future.set_exception(exc)
+                future.exception()  # retrieved here; dependents re-raise it themselves
+            raise
+        finally:
+            if self._in_flight.get(key) is future:
+                del self._in_flight[key]
+        self._results[key] = result
+        future.set_result(result)
+        return result
+
+    async def _dependency(self, param: str) -> Any:
+        if param in self._results:
+            return self._results[param]
+        if param in self._in_flight:
+            return await asyncio.shield(self._in_flight[param])
+        return await self._invoke(self._declared[param])
+
+    async def _dependencies(self, name: str, fn: Callable[..., Any], concurrent: bool) -> dict[str, Any]:
+        """Results of the earlier step functions that ``fn``'s parameters name."""
+        deps = [p for p in _parameters(fn) if p != "ctx"]
+        for p in deps:
+            if p not in self._declared:
+                raise TypeError(
+                    f"step {name!r}: unexpected parameter {p!r}; a step function's parameters must be 'ctx' "
+                    "or the names of earlier @step.do functions"
+                )
+        if concurrent and len(deps) > 1:
+            return dict(zip(deps, await asyncio.gather(*(self._dependency(p) for p in deps))))
+        return {p: await self._dependency(p) for p in deps}
+
+    async def _run_do(self, name: str, fn: Callable[..., Any], config: Any, concurrent: bool) -> Any:
+        self._check_continue()
+        self._do_calls += 1
+        if self._do_calls > self._step_limit:
+            raise Stop(
+                "fatal",
+                {
+                    "name": "StepLimitExceeded",
+                    "message": f"this instance called step.do more than its limit of {self._step_limit} steps "
+                    "(set register(..., limits={'steps': n}))",
+                },
+            )
+        kwargs = await self._dependencies(name, fn, concurrent)  # before our count: a stable order
+        count = self._next_count(DO, name)
+        record = self._memo.get((DO, name, count))
+        if record is not None and record.status == COMPLETE:
+            return record.result
+        if record is not None and record.status == "failed":
+            assert record.error is not None
+            raise rebuild_error(record.error)
+        if record is None:
+            resolved = resolve_config(name, config)  # raises ValueError before any attempt
+            record = StepRecord(DO, name, count, "running", self._clock.now(), config=resolved)
+            self._memo[record.key] = record
+        else:
+            resolved = record.config or resolve_config(name, config)
+            if record.attempts and record.attempts[-1].get("end") is None:
+                record.attempts[-1].update(end=self._clock.now(), error=_LOST_ATTEMPT, lost=True)
+        return await self._attempts(record, fn, resolved, kwargs, "ctx" in _parameters(fn))
+
+    async def _attempts(
+        self, record: StepRecord, fn: Callable[..., Any], config: dict[str, Any], kwargs: dict[str, Any], wants_ctx: bool
+    ) -> Any:
+        limit = config["retries"]["limit"]
+        timeout = timeout_seconds(config)
+        while True:
+            if record.wake_at is not None:  # a retry delay is pending
+                await self._wait_until(record.wake_at)
+                record.wake_at = None
+            number = len(record.attempts) + 1
+            ctx = {"step": {"name": record.name, "count": record.count}, "attempt": number, "config": config}
+            record.status = "running"
+            record.attempts.append({"start": self._clock.now(), "end": None, "error": None})
+            await self._save(record, durable=False)
+            self._enter()
+            try:
+                if wants_ctx:
+                    kwargs["ctx"] = ctx
+                result = await run_with_timeout(self._clock, self._call(fn, kwargs), timeout)
+            except TimeoutError:
+                failure: Exception = WorkflowTimeoutError(
+                    f"step {record.name!r} attempt {number} timed out after {config['timeout']}"
+                )
+            except (Stop, asyncio.CancelledError):
+                raise
+            except Exception as exc:
+                failure = exc
+            else:
+                return await self._complete(record, result)
+            finally:
+                self._leave()
+            now = self._clock.now()
+            record.attempts[-1].update(end=now, error=error_info(failure))
+            failures = sum(1 for a in record.attempts if a.get("error") and not a.get("lost"))
+            if isinstance(failure, NonRetryableError) or failures > limit:
+                record.status, record.error, record.ended_at = "failed", error_info(failure), now
+                await self._save(record)
+                raise failure
+            record.status = "retrying"
+            record.wake_at = now + retry_delay(config, failures)
+            await self._save(record)
+
+    async def _call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(**kwargs)
+        result = await asyncio.to_thread(fn, **kwargs)  # plain functions never block the event loop
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    async def _complete(self, record: StepRecord, result: Any) -> Any:
+        now = self._clock.now()
+        record.attempts[-1]["end"] = now
+        try:
+            encoded = validators.encode_json(result, f"step {record.name!r} result")
+        except ValidationError as exc:
+            record.status, record.ended_at = "failed", now
+            record.error = {"name": "ValidationError", "message": str(exc)}
+            record.attempts[-1]["error"] = record.error
+            await self._save(record)
+            raise Stop("fatal", {"name": "ValidationError", "message": str(exc)}) from None
+        value = _decode(encoded)  # callers get the same value now as on every replay
+        record.status, record.result, record.ended_at = COMPLETE, value, now
+        await self._save(record)
+        return value
+
+    # -- sleeps --------------------------------------------------------------------------------
+    async def sleep(self, name: str, duration: Duration) -> None:
+        """Sleep durably for ``duration`` (at most 365 days). Long sleeps hold no worker."""
+        validators.step_name(name)
+        seconds = validators.sleep_seconds(parse_duration(duration, what=f"sleep {name!r} duration"), f"sleep {name!r}")
+        await self._sleep(name, lambda now: now + seconds, {"duration": seconds})
+
+    async def sleep_until(self, name: str, when: Any) -> None:
+        """Sleep until an aware ``datetime`` or epoch milliseconds; a past time returns at once."""
+        validators.step_name(name)
+        deadline = parse_timestamp(when, what=f"sleep_until {name!r} time")
+        validators.sleep_seconds(deadline - self._clock.now(), f"sleep_until {name!r}")
+        await self._sleep(name, lambda now: deadline, {"until": deadline})
+
+    async def _sleep(self, name: str, deadline: Callable[[float], float], config: dict[str, Any]) -> None:
+        self._check_continue()
+        count = self._next_count(SLEEP, name)
+        record = self._memo.get((SLEEP, name, count))
+        if record is not None and record.status == COMPLETE:
+            return
+        now = self._clock.now()
+        if record is None:
+            record = StepRecord(SLEEP, name, count, "waiting", now, config=config, wake_at=deadline(now))
+            self._memo[record.key] = record
+            # A short sleep needs no commit to wait on: after a crash it would simply restart.
+            await self._save(record, durable=record.wake_at is not None and record.wake_at - now > self._fast_wait)
+        assert record.wake_at is not None
+        await self._wait_until(record.wake_at)
+        record.status, record.ended_at, record.wake_at = COMPLETE, self._clock.now(), None
+        await self._save(record, durable=False)
+
+    async def _wait_until(self, deadline: float) -> None:
+        remaining = deadline - self._clock.now()
+        if remaining <= 0:
+            return
+        if remaining > self._fast_wait:
+            self._suspend(deadline)
+        await self._clock.sleep(remaining)
+
+    # -- events --------------------------------------------------------------------------------
+    async def wait_for_event(self, name: str, event_type: str, /, timeout: Duration = "24 hours") -> dict[str, Any]:
+        """Wait for an event of ``event_type`` sent with ``send_event``; returns
+        ``{"type", "payload", "timestamp"}``. Events sent earlier are kept and delivered in
+        order. Raises :class:`EventTimeoutError` after ``timeout`` (default 24 hours)."""
+        validators.step_name(name)
+        validators.event_type(event_type)
+        seconds = validators.sleep_seconds(
+            parse_duration(timeout, what=f"wait_for_event {name!r} timeout"), f"wait_for_event {name!r} timeout"
+        )
+        self._check_continue()
+        count = self._next_count(WAIT, name)
+        record = self._memo.get((WAIT, name, count))
+        if record is not None and record.status == COMPLETE:
+            return _event_value(record.result)
+        if record is not None and record.status == "failed":
+            raise EventTimeoutError(record.error["message"] if record.error else "timed out")
+        now = self._clock.now()
+        if record is None:
+            record = StepRecord(
+                WAIT, name, count, "waiting", now, config={"type": event_type, "timeout": seconds}, wake_at=now + seconds
+            )
+            self._memo[record.key] = record
+        try:
+            event = await self._store.take_event(self._pk, self._epoch, record, event_type, now)
+        except Fenced:
+            raise Stop("fenced") from None
+        if event is not None:
+            return _event_value(event)
+        assert record.wake_at is not None
+        if now >= record.wake_at:
+            message = f"wait_for_event {name!r} timed out after {record.config['timeout'] if record.config else seconds}s without a {event_type!r} event"
+            record.status, record.ended_at, record.wake_at = "failed", now, None
+            record.error = {"name": "EventTimeoutError", "message": message}
+            await self._save(record)
+            raise EventTimeoutError(message)
+        self.wait_types.add(event_type)
+        self._suspend(record.wake_at)
+        raise AssertionError("unreachable")
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+    def _next_count(self, kind: str, name: str) -> int:
+        count = self._counts.get((kind, name), 0) + 1
+        self._counts[(kind, name)] = count
+        return count
+
+    def _check_continue(self) -> None:
+        if self.stopping is not None:
+            raise self.stopping
+        if self.pause_requested:
+            self._suspend(None)
+
+    def _suspend(self, deadline: float | None) -> None:
+        if deadline is not None:
+            self.wakes.append(deadline)
+        if self.stopping is None:
+            self.stopping = Stop("suspend")
+        raise self.stopping
+
+    async def _save(self, record: StepRecord, *, durable: bool = True) -> None:
+        try:
+            status = await self._store.save_step(self._pk, self._epoch, record, durable=durable)
+        except Fenced:
+            self.stopping = Stop("fenced")
+            raise self.stopping from None
+        if status == WAITING_FOR_PAUSE:
+            self.pause_requested = True
+
+    def _enter(self) -> None:
+        self._active += 1
+        self._idle.clear()
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+
+    def _leave(self) -> None:
+        self._active -= 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.discard(task)
+        if self._active == 0:
+            self._idle.set()
+
+    async def settle(self) -> None:
+        """Wait until no attempt is in flight (concurrent branches finishing their steps)."""
+        await self._idle.wait()
+
+    def cancel_in_flight(self) -> None:
+        """Cancel attempts still running in concurrent branches after the run ended."""
+        current = asyncio.current_task()
+        for task in list(self._tasks):
+            if task is not current and not task.done():
+                task.cancel()
+
+    def next_wake(self) -> float | None:
+        return min(self.wakes) if self.wakes else None
+
+
+def _decode(encoded: str) -> Any:
+    import json
+
+    return json.loads(encoded)
+
+
+def _event_value(stored: Any) -> dict[str, Any]:
+    timestamp = stored.get("timestamp")
+    return {
+        "type": stored.get("type"),
+        "payload": stored.get("payload"),
+        "timestamp": to_datetime(timestamp) if isinstance(timestamp, (int, float)) and math.isfinite(timestamp) else timestamp,
+    }

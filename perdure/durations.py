@@ -1,0 +1,80 @@
+"""Durations and points in time, as Cloudflare Workflows spells them.
+
+A duration is a :class:`datetime.timedelta`, a number of **milliseconds**, or a string
+``"<n> <unit>"`` / ``"<n> <unit>s"`` with unit second, minute, hour, day, week, month
+(30 days) or year (365 days). All of them become seconds (a float) inside the engine.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from datetime import datetime, timedelta
+from typing import Union
+
+from .errors import ValidationError
+
+Duration = Union[timedelta, int, float, str]
+"""Anything accepted where the API asks for a duration."""
+
+_UNIT_SECONDS = {
+    "second": 1.0,
+    "minute": 60.0,
+    "hour": 3600.0,
+    "day": 86400.0,
+    "week": 7 * 86400.0,
+    "month": 30 * 86400.0,
+    "year": 365 * 86400.0,
+}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(second|minute|hour|day|week|month|year)s?\s*$")
+
+
+def parse_duration(value: object, *, what: str = "duration") -> float:
+    """Return ``value`` in seconds, or raise :class:`ValidationError` quoting the input."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise ValidationError(f"{what} {value!r} is not a duration: use a timedelta, milliseconds or '<n> <unit>'")
+    elif isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise ValidationError(f"{what} {value!r} is not a finite number of milliseconds")
+        seconds = value / 1000.0
+    elif isinstance(value, str):
+        match = _DURATION_RE.match(value)
+        if match is None:
+            raise ValidationError(
+                f"{what} {value!r} cannot be parsed: expected '<n> <unit>' with unit second, "
+                "minute, hour, day, week, month or year (e.g. '10 seconds'), or milliseconds"
+            )
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    else:
+        raise ValidationError(
+            f"{what} {value!r} is not a duration: use a timedelta, milliseconds or '<n> <unit>'"
+        )
+    if seconds < 0:
+        raise ValidationError(f"{what} {value!r} is negative")
+    return seconds
+
+
+def parse_timestamp(value: object, *, what: str = "time") -> float:
+    """Return an aware datetime or epoch milliseconds as epoch seconds."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValidationError(f"{what} {value!r} is a naive datetime: give it a timezone")
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return value / 1000.0
+    raise ValidationError(f"{what} {value!r} must be an aware datetime or milliseconds since the epoch")
+
+
+def format_seconds(seconds: float) -> str:
+    """A short human form, e.g. ``1.5s`` or ``3m20s``, for logs and the CLI."""
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{sec:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"

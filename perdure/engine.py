@@ -1,0 +1,430 @@
+"""The engine: registers workflows, claims runnable instances and replays them.
+
+An :class:`Engine` that is never started is a client: bindings create and control instances in
+the store, and workers elsewhere run them. A started engine (``async with engine:``) also runs a
+*dispatcher* that
+
+* claims runnable instances from the store, up to ``max_concurrent`` at a time, woken ones
+  first (their timers are due), then queued ones oldest first;
+* runs each by replaying its workflow's ``run()`` (see :mod:`perdure.context`);
+* sleeps until the next timer, a local nudge (a create, an event, a finished run) or the next
+  poll tick, on which it asks the store whether another process wrote anything;
+* renews the leases of the instances it holds, and cancels a run whose instance was
+  terminated, restarted or taken over elsewhere (its epoch moved on).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+from . import validators
+from .binding import WorkflowBinding
+from .clock import Clock, SystemClock
+from .context import Step, Stop
+from .entrypoint import WorkflowEntrypoint
+from .errors import ValidationError, WorkflowNotFoundError
+from .event import WorkflowEvent, to_datetime
+from .serde import error_info
+from .store.base import COMPLETE, ERRORED, TERMINAL, Fenced, InstanceRecord, Store
+
+log = logging.getLogger("perdure")
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """A store for ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``postgresql://…``."""
+    if not isinstance(url, str):
+        raise ValidationError(f"database url must be a string, got {type(url).__name__}")
+    if url.startswith("sqlite://"):
+        from .store.sqlite import SQLiteStore
+
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise ValidationError(f"database url {url!r} names no file: use sqlite:///path/to/file.db")
+        return SQLiteStore(path, **options)
+    scheme = urlparse(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
+        except ImportError as exc:  # pragma: no cover - depends on the installed backend
+            raise ValidationError(f"the PostgreSQL backend is not available: {exc}") from None
+        store: Store = PostgresStore(url, **options)
+        return store
+    raise ValidationError(f"unsupported database url {url!r}: use sqlite:///file.db or postgresql://user@host/db")
+
+
+@dataclass
+class Registration:
+    cls: type[WorkflowEntrypoint]
+    name: str
+    env: Any
+    schedules: list[str]
+    step_limit: int
+    binding: WorkflowBinding = field(init=False)
+
+
+class Engine:
+    """Durable execution on one database.
+
+    ``Engine("sqlite:///perdure.db")`` embeds everything in one file; ``Engine("postgresql://…")``
+    lets any number of workers share one server.
+
+    Options: ``max_concurrent`` running instances per engine (100), ``poll_interval`` seconds
+    between checks for other processes' writes (0.05), ``lease_ttl`` seconds before a silent
+    worker's instances are taken over (5), ``fast_wait`` seconds up to which a sleep or retry
+    delay is waited in memory instead of suspending (1), ``clock`` (the one source of time),
+    and store options such as ``durability="full"|"normal"`` for SQLite.
+    """
+
+    def __init__(
+        self,
+        url: str = "sqlite:///perdure.db",
+        *,
+        max_concurrent: int = 100,
+        poll_interval: float = 0.05,
+        lease_ttl: float = 5.0,
+        fast_wait: float = 1.0,
+        clock: Clock | None = None,
+        **store_options: Any,
+    ) -> None:
+        if not isinstance(max_concurrent, int) or max_concurrent < 1:
+            raise ValidationError(f"max_concurrent must be an integer >= 1, got {max_concurrent!r}")
+        for label, value in (("poll_interval", poll_interval), ("lease_ttl", lease_ttl)):
+            if not isinstance(value, (int, float)) or value <= 0:
+                raise ValidationError(f"{label} must be a number of seconds > 0, got {value!r}")
+        if not isinstance(fast_wait, (int, float)) or fast_wait < 0:
+            raise ValidationError(f"fast_wait must be a number of seconds >= 0, got {fast_wait!r}")
+        self.url = url
+        self.store = open_store(url, **store_options)
+        self.clock: Clock = clock or SystemClock()
+        self.max_concurrent = max_concurrent
+        self.poll_interval = float(poll_interval)
+        self.lease_ttl = float(lease_ttl)
+        self.fast_wait = float(fast_wait)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._registry: dict[str, Registration] = {}
+        self._running: dict[int, tuple[int, asyncio.Task[None]]] = {}
+        self._background: list[asyncio.Task[None]] = []
+        self._nudge: asyncio.Event | None = None
+        self._check_control = False
+        self._watchers: dict[int, list[asyncio.Future[None]]] = {}
+        self._started = False
+        self._stopping = False
+        self._store_open = False
+
+    # -- registration --------------------------------------------------------------------------
+    def register(
+        self,
+        cls: type[WorkflowEntrypoint],
+        *,
+        name: str,
+        env: Any = None,
+        schedules: list[str] | str | None = None,
+        limits: dict[str, int] | None = None,
+    ) -> WorkflowBinding:
+        """Register a workflow class under ``name``; returns its binding."""
+        if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
+            raise ValidationError(f"register() takes a WorkflowEntrypoint subclass, got {cls!r}")
+        validators.workflow_name(name)
+        if name in self._registry:
+            raise ValidationError(f"a workflow named {name!r} is already registered")
+        if isinstance(schedules, str):
+            schedules = [schedules]
+        schedules = list(schedules or [])
+        from .cron import validate_cron
+
+        for cron in schedules:
+            validate_cron(cron)
+        step_limit = validators.DEFAULT_STEP_LIMIT
+        if limits is not None:
+            if not isinstance(limits, dict) or set(limits) - {"steps"}:
+                raise ValidationError(f"limits must be a mapping with the key 'steps', got {limits!r}")
+            steps = limits.get("steps", step_limit)
+            if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+                raise ValidationError(f"limits['steps'] must be an integer >= 1, got {steps!r}")
+            step_limit = steps
+        registration = Registration(cls, name, env, schedules, step_limit)
+        registration.binding = WorkflowBinding(self, name)
+        self._registry[name] = registration
+        if self._started:
+            self._start_schedules(registration)
+        return registration.binding
+
+    @property
+    def workflows(self) -> dict[str, Registration]:
+        return dict(self._registry)
+
+    def binding(self, name: str) -> WorkflowBinding:
+        try:
+            return self._registry[name].binding
+        except KeyError:
+            raise WorkflowNotFoundError(f"no workflow named {name!r} is registered") from None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def ensure_store(self) -> Store:
+        if not self._store_open:
+            await self.store.open()
+            self._store_open = True
+        return self.store
+
+    async def start(self) -> None:
+        """Run workers and timers in this process until :meth:`stop`."""
+        if self._started:
+            return
+        await self.ensure_store()
+        self._started = True
+        self._stopping = False
+        self._nudge = asyncio.Event()
+        await self._expire_dead_local_owners()
+        self._background.append(asyncio.create_task(self._dispatch_loop(), name="perdure-dispatcher"))
+        self._background.append(asyncio.create_task(self._lease_loop(), name="perdure-leases"))
+        for registration in self._registry.values():
+            self._start_schedules(registration)
+
+    async def stop(self) -> None:
+        """Stop running instances (they resume from their last step elsewhere or on the next
+        start) and close the store's connections."""
+        if self._started:
+            self._stopping = True
+            for task in self._background:
+                task.cancel()
+            running = [task for _, task in self._running.values()]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*self._background, *running, return_exceptions=True)
+            self._background.clear()
+            self._started = False
+        if self._store_open:
+            await self.store.close()
+            self._store_open = False
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def _start_schedules(self, registration: Registration) -> None:
+        from .cron import run_schedule
+
+        for cron in registration.schedules:
+            self._background.append(
+                asyncio.create_task(run_schedule(self, registration, cron), name=f"perdure-cron-{registration.name}")
+            )
+
+    # -- notifications from bindings -------------------------------------------------------------
+    def nudge(self) -> None:
+        """Something may have become runnable: claim soon."""
+        if self._nudge is not None:
+            self._nudge.set()
+
+    def control_changed(self) -> None:
+        """An instance was terminated, restarted or paused from this process."""
+        self._check_control = True
+        self.nudge()
+
+    async def wait_for_change(self, pk: int, timeout: float) -> None:
+        """Return when instance ``pk`` ends in this process, or after ``timeout`` seconds."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._watchers.setdefault(pk, []).append(future)
+        try:
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            pass
+        finally:
+            watchers = self._watchers.get(pk)
+            if watchers is not None:
+                with contextlib.suppress(ValueError):
+                    watchers.remove(future)
+                if not watchers:
+                    del self._watchers[pk]
+
+    def _notify_watchers(self, pk: int) -> None:
+        for future in self._watchers.pop(pk, []):
+            if not future.done():
+                future.set_result(None)
+
+    @property
+    def is_running(self) -> bool:
+        return self._started
+
+    # -- the dispatcher --------------------------------------------------------------------------
+    async def _dispatch_loop(self) -> None:
+        assert self._nudge is not None
+        claim_now = True
+        while True:
+            try:
+                if self._check_control:
+                    self._check_control = False
+                    await self._reconcile()
+                free = self.max_concurrent - len(self._running)
+                if claim_now and free > 0:
+                    claim_now = False
+                    now = self.clock.now()
+                    claimed = await self.store.claim(
+                        self.owner, free, now, now + self.lease_ttl, list(self._registry)
+                    )
+                    for record in claimed:
+                        self._launch(record)
+                    if len(claimed) == free:
+                        claim_now = True  # there may be more; claim again when a slot frees
+                next_wake = await self.store.next_wake_at()
+                delay = self.poll_interval
+                if next_wake is not None:
+                    delay = min(delay, max(0.0, next_wake - self.clock.now()))
+                if delay > 0 and not self._nudge.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(delay):
+                            await self._nudge.wait()
+                if self._nudge.is_set():
+                    self._nudge.clear()
+                    claim_now = True
+                elif next_wake is not None and next_wake <= self.clock.now():
+                    claim_now = True
+                elif await self.store.changed():
+                    claim_now = True
+                    self._check_control = True
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a database hiccup must not kill the worker
+                log.exception("perdure dispatcher error; retrying")
+                await asyncio.sleep(min(1.0, self.poll_interval * 10))
+                claim_now = True
+
+    async def _reconcile(self) -> None:
+        """Cancel local runs whose instance moved on (terminated, restarted, taken over)."""
+        if not self._running:
+            return
+        owned = await self.store.owned(self.owner)
+        for pk, (epoch, task) in list(self._running.items()):
+            current = owned.get(pk)
+            if current is None or current[0] != epoch:
+                task.cancel()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            if self._running:
+                try:
+                    await self.store.renew_leases(self.owner, self.clock.now() + self.lease_ttl)
+                except Exception:
+                    log.exception("perdure could not renew its leases; retrying")
+
+    async def _expire_dead_local_owners(self) -> None:
+        """Instances held by a process on this host that no longer exists are claimable now,
+        without waiting for their lease to run out (the usual case after a crash)."""
+        host = socket.gethostname()
+        dead = []
+        for owner in await self.store.owners():
+            parts = owner.split(":")
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _pid_alive(int(parts[1])):
+                dead.append(owner)
+        if dead:
+            await self.store.expire_leases(dead)
+
+    def _launch(self, record: InstanceRecord) -> None:
+        task = asyncio.create_task(self._execute(record), name=f"perdure-{record.workflow}-{record.id}")
+        self._running[record.pk] = (record.epoch, task)
+
+    # -- running one instance --------------------------------------------------------------------
+    async def _execute(self, record: InstanceRecord) -> None:
+        registration = self._registry[record.workflow]
+        step: Step | None = None
+        try:
+            steps = await self.store.load_steps(record.pk)
+            step = Step(
+                store=self.store,
+                pk=record.pk,
+                epoch=record.epoch,
+                clock=self.clock,
+                steps=steps,
+                step_limit=registration.step_limit,
+                fast_wait=self.fast_wait,
+            )
+            event = WorkflowEvent(
+                payload=record.params,
+                timestamp=to_datetime(record.created_at),
+                instance_id=record.id,
+                workflow_name=record.workflow,
+                schedule=_schedule(record.schedule),
+            )
+            workflow = registration.cls(registration.env)
+            try:
+                output = await workflow.run(event, step)
+            except Stop as stop:
+                await self._stopped(record, step, stop)
+            except Exception as exc:
+                step.cancel_in_flight()
+                await self._finish(record, ERRORED, None, error_info(exc))
+            else:
+                step.cancel_in_flight()
+                try:
+                    encoded = validators.encode_json(output, f"the output of workflow {record.workflow!r}")
+                except ValidationError as exc:
+                    await self._finish(record, ERRORED, None, {"name": "ValidationError", "message": str(exc)})
+                else:
+                    await self._finish(record, COMPLETE, encoded, None)
+        except asyncio.CancelledError:
+            if step is not None:
+                step.cancel_in_flight()
+            if self._stopping:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(self.store.release(record.pk, record.epoch, self.clock.now()))
+        except Fenced:
+            pass
+        except Exception:
+            log.exception("perdure: instance %s/%s failed inside the engine", record.workflow, record.id)
+        finally:
+            current = self._running.get(record.pk)
+            if current is not None and current[0] == record.epoch:
+                del self._running[record.pk]
+            self._notify_watchers(record.pk)
+            self.nudge()
+
+    async def _stopped(self, record: InstanceRecord, step: Step, stop: Stop) -> None:
+        if stop.kind == "suspend":
+            await step.settle()
+            await self.store.suspend(
+                record.pk, record.epoch, step.next_wake(), sorted(step.wait_types), self.clock.now()
+            )
+        elif stop.kind == "fatal":
+            step.cancel_in_flight()
+            await self._finish(record, ERRORED, None, stop.error)
+        else:  # fenced: the instance is someone else's now
+            step.cancel_in_flight()
+
+    async def _finish(
+        self, record: InstanceRecord, status: str, output_json: str | None, error: dict[str, str] | None
+    ) -> None:
+        public = None if error is None else {"name": error["name"], "message": error["message"]}
+        await self.store.finish(record.pk, record.epoch, status, output_json, public, self.clock.now())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _schedule(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    if stored is None:
+        return None
+    return {"cron": stored["cron"], "scheduled_time": to_datetime(stored["scheduled_time"])}
+
+
+__all__ = ["Engine", "open_store", "TERMINAL"]

@@ -1,0 +1,70 @@
+"""Every exception Perdure raises, in one place.
+
+Errors split in three families:
+
+* workflow errors that user code raises or catches inside ``run()``
+  (:class:`NonRetryableError`, :class:`WorkflowTimeoutError`, :class:`EventTimeoutError`,
+  :class:`StepError`);
+* binding errors raised by instance control (:class:`InstanceNotFoundError`,
+  :class:`InstanceAlreadyExistsError`, :class:`InvalidStateError`);
+* :class:`ValidationError`, a ``ValueError`` raised for bad input before anything is stored.
+"""
+
+from __future__ import annotations
+
+
+class PerdureError(Exception):
+    """Base class of the errors Perdure raises on its own account."""
+
+
+class ValidationError(PerdureError, ValueError):
+    """Bad input (an id, a name, a size, a config, a duration). Nothing was stored."""
+
+
+class NonRetryableError(Exception):
+    """Raise inside a step to stop its retries at once.
+
+    The error propagates into ``run()`` where it may be caught; uncaught, the instance ends
+    ``errored`` with ``{"name": "NonRetryableError", "message": <message>}``.
+    """
+
+    def __init__(self, message: str = "", name: str = "NonRetryableError") -> None:
+        super().__init__(message)
+        self.message = message
+        self.name = name
+
+
+class WorkflowTimeoutError(Exception):
+    """A step attempt outlived its ``timeout``; it counts as a failed attempt."""
+
+
+class EventTimeoutError(Exception):
+    """``step.wait_for_event`` reached its timeout before a matching event arrived."""
+
+
+class StepError(Exception):
+    """A memoised step failure whose original exception class cannot be rebuilt.
+
+    ``name`` is the original class name and ``message`` its message.
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name}: {message}" if message else name)
+        self.name = name
+        self.message = message
+
+
+class InstanceNotFoundError(PerdureError, LookupError):
+    """No instance with that id exists in that workflow."""
+
+
+class InstanceAlreadyExistsError(PerdureError):
+    """An instance with that id already exists in that workflow."""
+
+
+class InvalidStateError(PerdureError):
+    """The requested change is not allowed in the instance's current status."""
+
+
+class WorkflowNotFoundError(PerdureError, LookupError):
+    """No workflow of that name is registered."""

@@ -1,0 +1,724 @@
+"""The embedded SQLite backend: one file, zero set-up.
+
+Writes go through **one writer thread** that owns the only writing connection. It drains every
+write that is waiting, runs them in one transaction (each inside a savepoint, so one failing
+write does not undo the others) and commits once: many instances' step results share one fsync
+(group commit). A caller awaiting a write resumes only after its commit, so a step result is
+durable before its workflow moves on. Reads use a separate connection in WAL mode, so they never
+wait for the writer. Other processes (a web server, the CLI) may open the same file; SQLite's
+file locks serialise their writers with ours.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..errors import InstanceAlreadyExistsError, InvalidStateError, ValidationError
+from .base import (
+    COMPLETE,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    TERMINATED,
+    WAITING,
+    WAITING_FOR_PAUSE,
+    Fenced,
+    InstanceRecord,
+    NewInstance,
+    Page,
+    StepRecord,
+    Store,
+)
+
+SCHEMA_VERSION = 1
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    pk INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    schedule TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    output TEXT,
+    error TEXT,
+    wake_at REAL,
+    wait_types TEXT,
+    wake_requested INTEGER NOT NULL DEFAULT 0,
+    paused_at REAL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    UNIQUE (workflow, id)
+);
+CREATE INDEX IF NOT EXISTS ix_instances_runnable ON instances (status, wake_at);
+CREATE INDEX IF NOT EXISTS ix_instances_list ON instances (workflow, status, pk);
+CREATE INDEX IF NOT EXISTS ix_instances_newest ON instances (workflow, pk);
+CREATE INDEX IF NOT EXISTS ix_instances_owner ON instances (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS steps (
+    seq INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT,
+    attempts TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    wake_at REAL,
+    UNIQUE (instance_pk, kind, name, count)
+);
+CREATE TABLE IF NOT EXISTS events (
+    pk INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    consumed_by INTEGER
+);
+CREATE INDEX IF NOT EXISTS ix_events_pending ON events (instance_pk, type, consumed_by, pk);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_history_instance ON history (instance_pk, seq);
+"""
+
+_INSTANCE_COLUMNS = (
+    "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
+    "output, error, wake_at, schedule, owner"
+)
+_STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _instance(row: tuple[Any, ...]) -> InstanceRecord:
+    return InstanceRecord(
+        pk=row[0],
+        workflow=row[1],
+        id=row[2],
+        status=row[3],
+        params=json.loads(row[4]),
+        trigger=row[5],
+        created_at=row[6],
+        epoch=row[7],
+        started_at=row[8],
+        ended_at=row[9],
+        output=_loads(row[10]),
+        error=_loads(row[11]),
+        wake_at=row[12],
+        schedule=_loads(row[13]),
+        owner=row[14],
+    )
+
+
+def _step(row: tuple[Any, ...]) -> StepRecord:
+    return StepRecord(
+        kind=row[0],
+        name=row[1],
+        count=row[2],
+        status=row[3],
+        started_at=row[4],
+        config=_loads(row[5]),
+        attempts=json.loads(row[6]),
+        result=_loads(row[7]),
+        error=_loads(row[8]),
+        ended_at=row[9],
+        wake_at=row[10],
+        seq=row[11],
+    )
+
+
+def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
+    conn.execute(
+        "INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, _dumps(data))
+    )
+
+
+def _fence(conn: sqlite3.Connection, pk: int, epoch: int) -> str:
+    row = conn.execute("SELECT status FROM instances WHERE pk = ? AND epoch = ?", (pk, epoch)).fetchone()
+    if row is None:
+        raise Fenced(f"instance {pk} moved past epoch {epoch}")
+    return str(row[0])
+
+
+def _upsert_step(conn: sqlite3.Connection, pk: int, step: StepRecord) -> None:
+    conn.execute(
+        "INSERT INTO steps (instance_pk, kind, name, count, status, config, attempts, result, error,"
+        " started_at, ended_at, wake_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        " ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET status = excluded.status,"
+        " config = excluded.config, attempts = excluded.attempts, result = excluded.result,"
+        " error = excluded.error, ended_at = excluded.ended_at, wake_at = excluded.wake_at",
+        (
+            pk,
+            step.kind,
+            step.name,
+            step.count,
+            step.status,
+            _dumps(step.config),
+            json.dumps(step.attempts, separators=(",", ":")),
+            _dumps(step.result),
+            _dumps(step.error),
+            step.started_at,
+            step.ended_at,
+            step.wake_at,
+        ),
+    )
+
+
+class _Op:
+    __slots__ = ("fn", "args", "future", "loop")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        future: asyncio.Future[Any] | None,
+        loop: asyncio.AbstractEventLoop | None,
+    ) -> None:
+        self.fn = fn
+        self.args = args
+        self.future = future
+        self.loop = loop
+
+
+def _settle(results: list[tuple[asyncio.Future[Any], Any, BaseException | None]]) -> None:
+    for future, value, error in results:
+        if future.done():
+            continue
+        if error is not None:
+            future.set_exception(error)
+        else:
+            future.set_result(value)
+
+
+class SQLiteStore(Store):
+    """SQLite in WAL mode with a group-committing writer thread.
+
+    ``durability="full"`` (the default) fsyncs every commit, so a finished step survives power
+    loss; ``"normal"`` survives a crash of the process but not of the machine, and is faster.
+    """
+
+    def __init__(self, path: str, *, durability: str = "full", busy_timeout_ms: int = 10_000) -> None:
+        if durability not in ("full", "normal"):
+            raise ValidationError(f"durability must be 'full' or 'normal', got {durability!r}")
+        self.path = path
+        self.url = f"sqlite:///{path}"
+        self.durability = durability
+        self.busy_timeout_ms = busy_timeout_ms
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._read_lock = threading.Lock()
+        self._data_version: int | None = None
+        self._open_lock = threading.Lock()
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout_ms / 1000)
+        conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        conn.execute("PRAGMA foreign_keys = OFF")
+        return conn
+
+    def _open_sync(self) -> None:
+        with self._open_lock:
+            if self._reader is not None:
+                return
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            conn = self._connect()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executescript(_SCHEMA.replace("BEGIN", ""))
+                conn.execute(
+                    "INSERT OR IGNORE INTO perdure_meta (key, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
+                if conn.in_transaction:
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            writer_conn = conn
+            self._reader = self._connect()
+            self._writer = threading.Thread(target=self._write_loop, args=(writer_conn,), name="perdure-sqlite-writer", daemon=True)
+            self._writer.start()
+
+    async def open(self) -> None:
+        self._open_sync()
+
+    async def close(self) -> None:
+        if self._writer is None:
+            return
+        self._queue.put(None)
+        await asyncio.to_thread(self._writer.join)
+        self._writer = None
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    # -- the writer ------------------------------------------------------------------------------
+    def _write_loop(self, conn: sqlite3.Connection) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            if first is None:
+                break
+            ops = [first]
+            while True:
+                try:
+                    op = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if op is None:
+                    stop = True
+                    break
+                ops.append(op)
+            self._run_batch(conn, ops)
+        conn.close()
+
+    def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        outcomes: list[tuple[_Op, Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    value = op.fn(conn, *op.args)
+                except Exception as exc:  # one write's failure is that write's answer
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, None, exc))
+                else:
+                    conn.execute("RELEASE op")
+                    outcomes.append((op, value, None))
+            conn.execute("COMMIT")
+        except Exception as exc:  # the commit itself failed: nobody's write is durable
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            outcomes = [(op, None, exc) for op in ops]
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any, BaseException | None]]] = {}
+        for op, value, error in outcomes:
+            if op.future is not None and op.loop is not None:
+                by_loop.setdefault(op.loop, []).append((op.future, value, error))
+        for loop, results in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, results)
+            except RuntimeError:  # that loop is closed; nobody is waiting any more
+                pass
+
+    async def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._writer is None:
+            self._open_sync()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Any] = loop.create_future()
+        self._queue.put(_Op(fn, args, future, loop))
+        return await future
+
+    def _write_nowait(self, fn: Callable[..., Any], *args: Any) -> None:
+        self._queue.put(_Op(fn, args, None, None))
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self._reader is None:
+            self._open_sync()
+        assert self._reader is not None
+        with self._read_lock:
+            return self._reader.execute(sql, params).fetchall()
+
+    # -- instances -------------------------------------------------------------------------------
+    async def create_instances(
+        self, workflow: str, items: list[NewInstance], now: float, *, skip_existing: bool
+    ) -> list[InstanceRecord]:
+        def op(conn: sqlite3.Connection) -> list[InstanceRecord]:
+            created = []
+            for item in items:
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO instances (workflow, id, status, params, trigger, schedule, created_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (workflow, item.id, QUEUED, item.params_json, item.trigger, _dumps(item.schedule), now),
+                )
+                if cur.rowcount == 0:
+                    if skip_existing:
+                        continue
+                    raise InstanceAlreadyExistsError(
+                        f"an instance with id {item.id!r} already exists in workflow {workflow!r}"
+                    )
+                pk = int(cur.lastrowid or 0)
+                _history(conn, pk, "WORKFLOW_QUEUED", now, {"trigger": item.trigger})
+                created.append(
+                    InstanceRecord(
+                        pk=pk,
+                        workflow=workflow,
+                        id=item.id,
+                        status=QUEUED,
+                        params=json.loads(item.params_json),
+                        trigger=item.trigger,
+                        created_at=now,
+                        schedule=item.schedule,
+                    )
+                )
+            return created
+
+        result: list[InstanceRecord] = await self._write(op)
+        return result
+
+    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
+        rows = self._read(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id))
+        return _instance(rows[0]) if rows else None
+
+    async def get_by_pk(self, pk: int) -> InstanceRecord | None:
+        rows = self._read(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE pk = ?", (pk,))
+        return _instance(rows[0]) if rows else None
+
+    async def list_instances(
+        self, workflow: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> Page:
+        before = int(cursor) if cursor else 2**62
+        if status:
+            rows = self._read(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND status = ? AND pk < ?"
+                " ORDER BY pk DESC LIMIT ?",
+                (workflow, status, before, limit + 1),
+            )
+        else:
+            rows = self._read(
+                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND pk < ? ORDER BY pk DESC LIMIT ?",
+                (workflow, before, limit + 1),
+            )
+        items = [_instance(r) for r in rows[:limit]]
+        next_cursor = str(items[-1].pk) if len(rows) > limit and items else None
+        return Page(items, next_cursor)
+
+    async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
+        if workflow is None:
+            rows = self._read("SELECT workflow, status, COUNT(*) FROM instances GROUP BY workflow, status")
+        else:
+            rows = self._read(
+                "SELECT workflow, status, COUNT(*) FROM instances WHERE workflow = ? GROUP BY workflow, status",
+                (workflow,),
+            )
+        counts: dict[str, dict[str, int]] = {}
+        for wf, status, n in rows:
+            counts.setdefault(wf, {})[status] = n
+        return counts
+
+    # -- running instances -----------------------------------------------------------------------
+    async def claim(
+        self, owner: str, limit: int, now: float, lease_until: float, workflows: list[str]
+    ) -> list[InstanceRecord]:
+        if not workflows:
+            return []
+        names = ",".join("?" * len(workflows))
+
+        def op(conn: sqlite3.Connection) -> list[InstanceRecord]:
+            pks = [
+                r[0]
+                for r in conn.execute(
+                    f"SELECT pk FROM instances WHERE status = ? AND wake_at <= ? AND workflow IN ({names})"
+                    " ORDER BY wake_at LIMIT ?",
+                    (WAITING, now, *workflows, limit),
+                )
+            ]
+            if len(pks) < limit:
+                pks += [
+                    r[0]
+                    for r in conn.execute(
+                        f"SELECT pk FROM instances WHERE status = ? AND workflow IN ({names}) ORDER BY pk LIMIT ?",
+                        (QUEUED, *workflows, limit - len(pks)),
+                    )
+                ]
+            for pk, status in conn.execute(
+                f"SELECT pk, status FROM instances WHERE status IN (?, ?) AND lease_until < ?"
+                f" AND workflow IN ({names}) LIMIT ?",
+                (RUNNING, WAITING_FOR_PAUSE, now, *workflows, limit),
+            ).fetchall():
+                if status == WAITING_FOR_PAUSE:  # its worker died mid-step: the pause completes now
+                    conn.execute(
+                        "UPDATE instances SET status = ?, paused_at = ?, owner = NULL, lease_until = NULL,"
+                        " epoch = epoch + 1 WHERE pk = ?",
+                        (PAUSED, now, pk),
+                    )
+                elif len(pks) < limit:
+                    pks.append(pk)
+            claimed = []
+            for pk in pks:
+                row = conn.execute(
+                    "UPDATE instances SET status = ?, owner = ?, lease_until = ?, epoch = epoch + 1,"
+                    " wake_requested = 0, wake_at = NULL, wait_types = NULL, started_at = COALESCE(started_at, ?)"
+                    f" WHERE pk = ? RETURNING {_INSTANCE_COLUMNS}",
+                    (RUNNING, owner, lease_until, now, pk),
+                ).fetchone()
+                record = _instance(row)
+                if record.started_at == now:
+                    _history(conn, pk, "WORKFLOW_START", now)
+                claimed.append(record)
+            return claimed
+
+        result: list[InstanceRecord] = await self._write(op)
+        return result
+
+    async def renew_leases(self, owner: str, lease_until: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute("UPDATE instances SET lease_until = ? WHERE owner = ?", (lease_until, owner))
+
+        await self._write(op)
+
+    async def expire_leases(self, owners: list[str]) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            for owner in owners:
+                conn.execute("UPDATE instances SET lease_until = 0 WHERE owner = ?", (owner,))
+
+        await self._write(op)
+
+    async def owners(self) -> list[str]:
+        return [r[0] for r in self._read("SELECT DISTINCT owner FROM instances WHERE owner IS NOT NULL")]
+
+    async def load_steps(self, pk: int) -> list[StepRecord]:
+        rows = self._read(f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,))
+        return [_step(r) for r in rows]
+
+    async def save_step(self, pk: int, epoch: int, step: StepRecord, *, durable: bool = True) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            status = _fence(conn, pk, epoch)
+            _upsert_step(conn, pk, step)
+            return status
+
+        if not durable:
+            self._write_nowait(op)
+            return ""
+        result: str = await self._write(op)
+        return result
+
+    async def take_event(
+        self, pk: int, epoch: int, step: StepRecord, event_type: str, now: float
+    ) -> dict[str, Any] | None:
+        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            _fence(conn, pk, epoch)
+            row = conn.execute(
+                "SELECT pk, payload, created_at FROM events WHERE instance_pk = ? AND type = ?"
+                " AND consumed_by IS NULL ORDER BY pk LIMIT 1",
+                (pk, event_type),
+            ).fetchone()
+            event = None
+            if row is not None:
+                event = {"type": event_type, "payload": json.loads(row[1]), "timestamp": row[2]}
+                step.status, step.result, step.ended_at, step.wake_at = COMPLETE, event, now, None
+            _upsert_step(conn, pk, step)
+            if row is not None:
+                seq = conn.execute(
+                    "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
+                    (pk, step.kind, step.name, step.count),
+                ).fetchone()[0]
+                conn.execute("UPDATE events SET consumed_by = ? WHERE pk = ?", (seq, row[0]))
+            return event
+
+        result: dict[str, Any] | None = await self._write(op)
+        return result
+
+    async def suspend(self, pk: int, epoch: int, wake_at: float | None, wait_types: list[str], now: float) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            _fence(conn, pk, epoch)
+            row = conn.execute("SELECT status, wake_requested FROM instances WHERE pk = ?", (pk,)).fetchone()
+            status, wake_requested = row
+            if status == WAITING_FOR_PAUSE:
+                new_status, paused_at, due = PAUSED, now, wake_at
+            else:
+                new_status, paused_at = WAITING, None
+                due = now if (wake_requested and wait_types) or wake_at is None else wake_at
+            conn.execute(
+                "UPDATE instances SET status = ?, wake_at = ?, wait_types = ?, paused_at = ?, owner = NULL,"
+                " lease_until = NULL WHERE pk = ?",
+                (new_status, due, ",".join(wait_types) or None, paused_at, pk),
+            )
+            return new_status
+
+        result: str = await self._write(op)
+        return result
+
+    async def release(self, pk: int, epoch: int, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            status = _fence(conn, pk, epoch)
+            if status == WAITING_FOR_PAUSE:
+                new_status, due, paused_at = PAUSED, None, now
+            else:  # due at once, and ahead of queued instances: it was already running
+                new_status, due, paused_at = WAITING, 0.0, None
+            conn.execute(
+                "UPDATE instances SET status = ?, wake_at = ?, paused_at = ?, owner = NULL, lease_until = NULL"
+                " WHERE pk = ?",
+                (new_status, due, paused_at, pk),
+            )
+
+        await self._write(op)
+
+    async def finish(
+        self, pk: int, epoch: int, status: str, output_json: str | None, error: dict[str, str] | None, now: float
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            _fence(conn, pk, epoch)
+            conn.execute(
+                "UPDATE instances SET status = ?, output = ?, error = ?, ended_at = ?, owner = NULL,"
+                " lease_until = NULL, wake_at = NULL, wait_types = NULL WHERE pk = ?",
+                (status, output_json, _dumps(error), now, pk),
+            )
+            if status == COMPLETE:
+                _history(conn, pk, "WORKFLOW_SUCCESS", now, {"output": _loads(output_json)})
+            else:
+                _history(conn, pk, "WORKFLOW_FAILURE", now, {"error": error})
+
+        await self._write(op)
+
+    async def owned(self, owner: str) -> dict[int, tuple[int, str]]:
+        rows = self._read("SELECT pk, epoch, status FROM instances WHERE owner = ?", (owner,))
+        return {pk: (epoch, status) for pk, epoch, status in rows}
+
+    # -- control ---------------------------------------------------------------------------------
+    async def pause(self, pk: int, now: float) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            (status,) = conn.execute("SELECT status FROM instances WHERE pk = ?", (pk,)).fetchone()
+            if status == RUNNING:
+                status = WAITING_FOR_PAUSE
+                conn.execute("UPDATE instances SET status = ? WHERE pk = ?", (status, pk))
+            elif status in (QUEUED, WAITING):
+                status = PAUSED
+                conn.execute("UPDATE instances SET status = ?, paused_at = ? WHERE pk = ?", (status, now, pk))
+            return str(status)
+
+        result: str = await self._write(op)
+        return result
+
+    async def resume(self, pk: int, now: float) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            status, wake_at, paused_at, wake_requested = conn.execute(
+                "SELECT status, wake_at, paused_at, wake_requested FROM instances WHERE pk = ?", (pk,)
+            ).fetchone()
+            if status == WAITING_FOR_PAUSE:
+                status = RUNNING
+                conn.execute("UPDATE instances SET status = ? WHERE pk = ?", (status, pk))
+            elif status == PAUSED:
+                paused_for = max(0.0, now - (paused_at or now))
+                # Timers do not run while paused: every pending deadline moves by the paused time.
+                conn.execute(
+                    "UPDATE steps SET wake_at = wake_at + ? WHERE instance_pk = ? AND wake_at IS NOT NULL"
+                    " AND status IN ('waiting', 'retrying')",
+                    (paused_for, pk),
+                )
+                if wake_at is None:
+                    status, due = QUEUED, None
+                else:
+                    status, due = WAITING, (now if wake_requested else wake_at + paused_for)
+                conn.execute(
+                    "UPDATE instances SET status = ?, wake_at = ?, paused_at = NULL WHERE pk = ?", (status, due, pk)
+                )
+            return str(status)
+
+        result: str = await self._write(op)
+        return result
+
+    async def terminate(self, pk: int, now: float) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            (status,) = conn.execute("SELECT status FROM instances WHERE pk = ?", (pk,)).fetchone()
+            if status in TERMINAL:
+                raise InvalidStateError(f"cannot terminate an instance that is already {status}")
+            conn.execute(
+                "UPDATE instances SET status = ?, ended_at = ?, epoch = epoch + 1, owner = NULL, lease_until = NULL,"
+                " wake_at = NULL, wait_types = NULL WHERE pk = ?",
+                (TERMINATED, now, pk),
+            )
+            _history(conn, pk, "WORKFLOW_TERMINATED", now)
+            return TERMINATED
+
+        result: str = await self._write(op)
+        return result
+
+    async def restart(self, pk: int, now: float, from_step: tuple[str, str, int] | None) -> str:
+        def op(conn: sqlite3.Connection) -> str:
+            if from_step is None:
+                conn.execute("DELETE FROM steps WHERE instance_pk = ?", (pk,))
+                conn.execute("UPDATE events SET consumed_by = NULL WHERE instance_pk = ?", (pk,))
+                conn.execute("DELETE FROM history WHERE instance_pk = ?", (pk,))
+                started = None
+            else:
+                kind, name, count = from_step
+                row = conn.execute(
+                    "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
+                    (pk, kind, name, count),
+                ).fetchone()
+                if row is None:
+                    raise ValidationError(f"restart from_step: this instance has no {kind} step {name!r} #{count}")
+                conn.execute("DELETE FROM steps WHERE instance_pk = ? AND seq >= ?", (pk, row[0]))
+                conn.execute(
+                    "UPDATE events SET consumed_by = NULL WHERE instance_pk = ? AND consumed_by >= ?", (pk, row[0])
+                )
+                started = conn.execute("SELECT started_at FROM instances WHERE pk = ?", (pk,)).fetchone()[0]
+            conn.execute(
+                "UPDATE instances SET status = ?, epoch = epoch + 1, owner = NULL, lease_until = NULL, output = NULL,"
+                " error = NULL, ended_at = NULL, wake_at = NULL, wait_types = NULL, paused_at = NULL,"
+                " wake_requested = 0, started_at = ? WHERE pk = ?",
+                (QUEUED, started, pk),
+            )
+            _history(conn, pk, "WORKFLOW_QUEUED", now, {"trigger": "restart", "from_step": list(from_step or []) or None})
+            return QUEUED
+
+        result: str = await self._write(op)
+        return result
+
+    async def send_event(self, pk: int, event_type: str, payload_json: str, now: float) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            status, wait_types = conn.execute("SELECT status, wait_types FROM instances WHERE pk = ?", (pk,)).fetchone()
+            if status in TERMINAL:
+                raise InvalidStateError(f"cannot send an event to an instance that is {status}")
+            conn.execute(
+                "INSERT INTO events (instance_pk, type, payload, created_at) VALUES (?, ?, ?, ?)",
+                (pk, event_type, payload_json, now),
+            )
+            waiting_for_it = status == WAITING and event_type in (wait_types or "").split(",")
+            conn.execute(
+                "UPDATE instances SET wake_requested = 1, wake_at = CASE WHEN ? THEN ? ELSE wake_at END WHERE pk = ?",
+                (waiting_for_it, now, pk),
+            )
+
+        await self._write(op)
+
+    # -- timers, history, change detection -------------------------------------------------------
+    async def next_wake_at(self) -> float | None:
+        rows = self._read("SELECT MIN(wake_at) FROM instances WHERE status = ?", (WAITING,))
+        return rows[0][0] if rows else None
+
+    async def history(self, pk: int) -> list[dict[str, Any]]:
+        rows = self._read("SELECT type, ts, data FROM history WHERE instance_pk = ? ORDER BY seq", (pk,))
+        return [{"type": t, "timestamp": ts, "data": _loads(d)} for t, ts, d in rows]
+
+    async def changed(self) -> bool:
+        (version,) = self._read("PRAGMA data_version")[0]
+        changed = version != self._data_version
+        self._data_version = version
+        return changed
+
