@@ -39,7 +39,8 @@ class Stop(BaseException):
     """Ends a run early without letting user code catch it.
 
     ``kind`` is ``"suspend"`` (wait for a deadline or an event), ``"fenced"`` (another worker
-    or a control call took the instance) or ``"fatal"`` (the instance errors with ``error``).
+    or a control call took the instance), ``"lost"`` (the database failed under the run) or
+    ``"fatal"`` (the instance errors with ``error``).
     """
 
     def __init__(self, kind: str, error: dict[str, str] | None = None) -> None:
@@ -305,7 +306,7 @@ class Step:
             await self._save(record)
             raise Stop("fatal", {"name": "ValidationError", "message": str(exc)}) from None
         value = _decode(encoded)  # callers get the same value now as on every replay
-        record.status, record.result, record.ended_at = COMPLETE, value, now
+        record.status, record.result, record.result_json, record.ended_at = COMPLETE, value, encoded, now
         await self._save(record)
         return value
 
@@ -375,6 +376,9 @@ class Step:
             event = await self._store.take_event(self._pk, self._epoch, record, event_type, now)
         except Fenced:
             raise Stop("fenced") from None
+        except Exception as exc:
+            self.stopping = Stop("lost")
+            raise self.stopping from exc
         if event is not None:
             return _event_value(event)
         assert record.wake_at is not None
@@ -413,6 +417,9 @@ class Step:
         except Fenced:
             self.stopping = Stop("fenced")
             raise self.stopping from None
+        except Exception as exc:  # the database failed: this run cannot record anything more
+            self.stopping = Stop("lost")
+            raise self.stopping from exc
         if status == WAITING_FOR_PAUSE:
             self.pause_requested = True
 

@@ -7,6 +7,7 @@ A duration is a :class:`datetime.timedelta`, a number of **milliseconds**, or a 
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import datetime, timedelta
@@ -40,13 +41,13 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
             raise ValidationError(f"{what} {value!r} is not a finite number of milliseconds")
         seconds = value / 1000.0
     elif isinstance(value, str):
-        match = _DURATION_RE.match(value)
-        if match is None:
+        parsed = _parse_text(value)
+        if parsed is None:
             raise ValidationError(
                 f"{what} {value!r} cannot be parsed: expected '<n> <unit>' with unit second, "
                 "minute, hour, day, week, month or year (e.g. '10 seconds'), or milliseconds"
             )
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+        seconds = parsed
     else:
         raise ValidationError(
             f"{what} {value!r} is not a duration: use a timedelta, milliseconds or '<n> <unit>'"
@@ -54,6 +55,12 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     if seconds < 0:
         raise ValidationError(f"{what} {value!r} is negative")
     return seconds
+
+
+@functools.lru_cache(maxsize=1024)
+def _parse_text(value: str) -> float | None:
+    match = _DURATION_RE.match(value)
+    return None if match is None else float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 def parse_timestamp(value: object, *, what: str = "time") -> float:

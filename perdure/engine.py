@@ -184,6 +184,8 @@ class Engine:
         self._started = True
         self._stopping = False
         self._nudge = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        self.store.on_change(lambda: loop.call_soon_threadsafe(self._external_change))
         await self._expire_dead_local_owners()
         self._background.append(asyncio.create_task(self._dispatch_loop(), name="perdure-dispatcher"))
         self._background.append(asyncio.create_task(self._lease_loop(), name="perdure-leases"))
@@ -227,6 +229,10 @@ class Engine:
         """Something may have become runnable: claim soon."""
         if self._nudge is not None:
             self._nudge.set()
+
+    def _external_change(self) -> None:
+        self._check_control = True
+        self.nudge()
 
     def control_changed(self) -> None:
         """An instance was terminated, restarted or paused from this process."""
@@ -317,7 +323,7 @@ class Engine:
             await asyncio.sleep(self.lease_ttl / 3)
             if self._running:
                 try:
-                    await self.store.renew_leases(self.owner, self.clock.now() + self.lease_ttl)
+                    await self.store.renew_leases(self.owner, list(self._running), self.clock.now() + self.lease_ttl)
                 except Exception:
                     log.exception("perdure could not renew its leases; retrying")
 
@@ -401,8 +407,11 @@ class Engine:
         elif stop.kind == "fatal":
             step.cancel_in_flight()
             await self._finish(record, ERRORED, None, stop.error)
-        else:  # fenced: the instance is someone else's now
+        else:  # fenced (the instance is someone else's now) or lost (the store failed under us):
+            # drop the run; a lost one is claimed again once its lease, no longer renewed, runs out
             step.cancel_in_flight()
+            if stop.kind == "lost":
+                log.warning("perdure: lost instance %s/%s (store error); it will be retried", record.workflow, record.id)
 
     async def _finish(
         self, record: InstanceRecord, status: str, output_json: str | None, error: dict[str, str] | None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Mapping
 
 from .durations import parse_duration
@@ -19,7 +18,7 @@ _RETRY_KEYS = {"limit", "delay", "backoff"}
 
 def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any]:
     """Merge ``config`` into the defaults and validate it; errors name the step and the key."""
-    resolved = copy.deepcopy(DEFAULT_CONFIG)
+    resolved = _defaults()
     if config is None:
         return resolved
     if not isinstance(config, Mapping):
@@ -43,6 +42,15 @@ def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any
         resolved["timeout"] = config["timeout"]
     _validate(step, resolved)
     return resolved
+
+
+def _defaults() -> dict[str, Any]:
+    # Built fresh each time (cheaper than deepcopy): callers may keep and mutate their copy.
+    retries = DEFAULT_CONFIG["retries"]
+    return {
+        "retries": {"limit": retries["limit"], "delay": retries["delay"], "backoff": retries["backoff"]},
+        "timeout": DEFAULT_CONFIG["timeout"],
+    }
 
 
 def _validate(step: str, config: dict[str, Any]) -> None:

@@ -13,6 +13,7 @@ implements the same class.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,7 @@ class StepRecord:
     ended_at: float | None = None
     wake_at: float | None = None
     seq: int = 0
+    result_json: str | None = None  # the encoded result, when the engine already has it
 
     @property
     def key(self) -> tuple[str, str, int]:
@@ -142,7 +144,9 @@ class Store(abc.ABC):
         (oldest first), and running ones whose lease expired (their worker died)."""
 
     @abc.abstractmethod
-    async def renew_leases(self, owner: str, lease_until: float) -> None: ...
+    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
+        """Extend the leases of the instances ``owner`` is running now (only those: a run the
+        worker gave up on must expire so that another worker takes it)."""
 
     @abc.abstractmethod
     async def expire_leases(self, owners: list[str]) -> None:
@@ -215,3 +219,8 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def changed(self) -> bool:
         """True when another connection may have written since the last call (cheap)."""
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (from any thread) when another process writes something a worker
+        should react to. Backends with push notifications implement it; others are polled
+        through :meth:`changed`."""
