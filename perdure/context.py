@@ -56,10 +56,12 @@ def _parameters(fn: Callable[..., Any]) -> list[str]:
     key = getattr(fn, "__code__", fn)
     names = _signatures.get(key)
     if names is None:
+        try:
+            parameters = inspect.signature(fn).parameters.values()
+        except (TypeError, ValueError):  # some builtins have no signature: call them bare
+            parameters = []  # type: ignore[assignment]
         names = [
-            p.name
-            for p in inspect.signature(fn).parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
+            p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
         ]
         _signatures[key] = names
     return names

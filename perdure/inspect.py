@@ -1,0 +1,436 @@
+"""Read models for operators: what the REST API, the CLI and the dashboard show.
+
+Two layers live here:
+
+* **Pure views** turn store records into JSON-ready dicts: :func:`instance_summary` (one row
+  of a list), :func:`step_view` (one step with its attempts), :func:`event_history` (the
+  Cloudflare event log, derived from the steps and the instance-level history) and
+  :func:`instance_detail` (all of it for one instance). Times are ISO 8601 strings in UTC
+  (``2024-10-22T12:00:00.123Z``); durations are milliseconds.
+* :class:`Operations` runs the operator's verbs (list, describe, trigger, pause, ...) against
+  one :class:`~perdure.Engine`. The API server and ``perdure --db`` both use it, so an
+  answer has the same shape whether it came over HTTP or straight from the database.
+
+Workflows an operator can see are those registered on the engine plus those that have
+instances in the store (another application may share the database).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import validators
+from .binding import Instance, WorkflowBinding
+from .errors import InstanceNotFoundError, ValidationError, WorkflowNotFoundError
+from .serde import public_error
+from .store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+#: ``type`` of a step in views, as Cloudflare's step log names it.
+STEP_TYPES = {DO: "step", SLEEP: "sleep", WAIT: "waitForEvent"}
+#: Actions accepted by :meth:`Operations.control` (``PATCH .../status``).
+ACTIONS = ("pause", "resume", "terminate", "restart")
+MAX_LIST_LIMIT = 1000
+DEFAULT_LIST_LIMIT = 50
+
+
+# -- formatting ---------------------------------------------------------------------------------
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO 8601 UTC with milliseconds, or None."""
+    if ts is None:
+        return None
+    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def duration_ms(start: float | None, end: float | None) -> int | None:
+    if start is None or end is None:
+        return None
+    return max(0, round((end - start) * 1000))
+
+
+def label(step: StepRecord) -> str:
+    """The name users see for a step: ``<name>-<count>`` (``create-pun-embedding-1``)."""
+    return f"{step.name}-{step.count}"
+
+
+# -- views ------------------------------------------------------------------------------------
+def instance_summary(record: InstanceRecord) -> dict[str, Any]:
+    """One row of an instance list."""
+    return {
+        "id": record.id,
+        "workflow": record.workflow,
+        "status": record.status,
+        "trigger": {"source": record.trigger},
+        "queued": iso(record.created_at),
+        "start": iso(record.started_at),
+        "end": iso(record.ended_at),
+        "duration_ms": duration_ms(record.started_at, record.ended_at),
+        "error": public_error(record.error),
+    }
+
+
+def _attempt_view(attempt: Mapping[str, Any]) -> dict[str, Any]:
+    start, end = attempt.get("start"), attempt.get("end")
+    error = public_error(attempt.get("error"))
+    return {
+        "start": iso(start),
+        "end": iso(end),
+        "duration_ms": duration_ms(start, end),
+        "success": None if end is None else error is None,
+        "error": error,
+    }
+
+
+def _step_status(step: StepRecord) -> str:
+    """running, retrying, waiting, sleeping, complete, failed or timedOut."""
+    if step.kind == SLEEP and step.status == "waiting":
+        return "sleeping"
+    if step.kind == WAIT and step.status == "failed":
+        return "timedOut"
+    return step.status
+
+
+def step_view(step: StepRecord, *, include_output: bool = True) -> dict[str, Any]:
+    """One step: type, label, status, times, attempts (``do`` steps only), output, error, config."""
+    output = step.result if include_output and step.status == "complete" else None
+    view: dict[str, Any] = {
+        "type": STEP_TYPES.get(step.kind, step.kind),
+        "name": step.name,
+        "count": step.count,
+        "label": label(step),
+        "status": _step_status(step),
+        "success": {"complete": True, "failed": False}.get(step.status),
+        "start": iso(step.started_at),
+        "end": iso(step.ended_at),
+        "duration_ms": duration_ms(step.started_at, step.ended_at),
+        "wake_at": iso(step.wake_at),
+        "attempts": [_attempt_view(a) for a in step.attempts] if step.kind == DO else [],
+        "output": output,
+        "error": public_error(step.error),
+        "config": step.config,
+    }
+    return view
+
+
+def _event(ts: float | None, type_: str, phase: int, **fields: Any) -> tuple[float, int, dict[str, Any]]:
+    entry = {"type": type_, "timestamp": iso(ts)}
+    entry.update({k: v for k, v in fields.items() if v is not None})
+    return (ts if ts is not None else 0.0, phase, entry)
+
+
+def event_history(
+    record: InstanceRecord, steps: list[StepRecord], history: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The instance's Cloudflare event log, oldest first.
+
+    ``WORKFLOW_*`` events come from the store's instance history; ``STEP_*``, ``ATTEMPT_*``,
+    ``SLEEP_*`` and ``WAIT_*`` are derived from the stored steps: a ``do`` step gives
+    ``STEP_START``, an ``ATTEMPT_START`` and ``ATTEMPT_SUCCESS``/``ATTEMPT_FAILURE`` per attempt,
+    then ``STEP_SUCCESS``/``STEP_FAILURE``; a sleep gives ``SLEEP_START``/``SLEEP_COMPLETE``; a
+    wait gives ``WAIT_START`` then ``WAIT_COMPLETE`` or ``WAIT_TIMED_OUT``. Events at the same
+    instant keep a causal order (queued, start, steps, end).
+    """
+    events: list[tuple[float, int, dict[str, Any]]] = []
+    phases = {"WORKFLOW_QUEUED": 0, "WORKFLOW_START": 1}
+    for item in history:
+        data = item.get("data") or {}
+        events.append(
+            _event(
+                item.get("timestamp"),
+                str(item.get("type")),
+                phases.get(str(item.get("type")), 3),
+                trigger=data.get("trigger") if isinstance(data, dict) else None,
+                error=public_error(data.get("error")) if isinstance(data, dict) else None,
+            )
+        )
+    for step in steps:
+        ref = {"name": step.name, "count": step.count, "type": STEP_TYPES.get(step.kind, step.kind)}
+        if step.kind == DO:
+            events.append(_event(step.started_at, "STEP_START", 2, step=ref))
+            for number, attempt in enumerate(step.attempts, start=1):
+                events.append(_event(attempt.get("start"), "ATTEMPT_START", 2, step=ref, attempt=number))
+                if attempt.get("end") is not None:
+                    error = public_error(attempt.get("error"))
+                    kind = "ATTEMPT_FAILURE" if error else "ATTEMPT_SUCCESS"
+                    events.append(_event(attempt["end"], kind, 2, step=ref, attempt=number, error=error))
+            if step.status == "complete":
+                events.append(_event(step.ended_at, "STEP_SUCCESS", 2, step=ref))
+            elif step.status == "failed":
+                events.append(_event(step.ended_at, "STEP_FAILURE", 2, step=ref, error=public_error(step.error)))
+        elif step.kind == SLEEP:
+            events.append(_event(step.started_at, "SLEEP_START", 2, step=ref))
+            if step.status == "complete":
+                events.append(_event(step.ended_at, "SLEEP_COMPLETE", 2, step=ref))
+        elif step.kind == WAIT:
+            events.append(_event(step.started_at, "WAIT_START", 2, step=ref))
+            if step.status == "complete":
+                events.append(_event(step.ended_at, "WAIT_COMPLETE", 2, step=ref))
+            elif step.status == "failed":
+                events.append(_event(step.ended_at, "WAIT_TIMED_OUT", 2, step=ref, error=public_error(step.error)))
+    if not any(e[2]["type"] == "WORKFLOW_QUEUED" for e in events):  # e.g. history lost to a restart
+        events.append(_event(record.created_at, "WORKFLOW_QUEUED", 0, trigger=record.trigger))
+    events.sort(key=lambda e: (e[0], e[1]))  # stable: same-instant step events keep their order
+    return [e[2] for e in events]
+
+
+def instance_detail(
+    record: InstanceRecord,
+    steps: list[StepRecord],
+    history: list[dict[str, Any]],
+    *,
+    include_output: bool = True,
+) -> dict[str, Any]:
+    """Everything about one instance: status, params, trigger, timestamps, output, error, the
+    step log and the event history."""
+    views = [step_view(s, include_output=include_output) for s in steps]
+    last_ok = None
+    for step in steps:
+        if step.kind == DO and step.status == "complete":
+            if last_ok is None or (step.ended_at or 0) >= (last_ok.ended_at or 0):
+                last_ok = step
+    detail = instance_summary(record)
+    detail.update(
+        {
+            "params": record.params,
+            "schedule": _schedule_view(record.schedule),
+            "wake_at": iso(record.wake_at),
+            "success": {"complete": True, "errored": False}.get(record.status),
+            "output": record.output if include_output else None,
+            "last_successful_step": label(last_ok) if last_ok is not None else None,
+            "steps": views,
+            "history": event_history(record, steps, history),
+        }
+    )
+    return detail
+
+
+def _schedule_view(schedule: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not schedule:
+        return None
+    when = schedule.get("scheduled_time")
+    return {"cron": schedule.get("cron"), "scheduled_time": iso(when) if isinstance(when, (int, float)) else when}
+
+
+# -- cursors ------------------------------------------------------------------------------------
+def encode_cursor(store_cursor: str | None) -> str | None:
+    """Wrap a store's cursor in an opaque URL-safe token."""
+    if store_cursor is None:
+        return None
+    return base64.urlsafe_b64encode(store_cursor.encode()).decode().rstrip("=")
+
+
+def decode_cursor(token: str | None) -> str | None:
+    if token is None or token == "":
+        return None
+    if len(token) > 400:
+        raise ValidationError("cursor is not one this server issued (too long)")
+    try:
+        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise ValidationError(f"cursor {token[:40]!r} is not one this server issued") from None
+
+
+def check_status(status: object) -> str | None:
+    if status is None or status == "":
+        return None
+    if status not in STATUSES:
+        raise ValidationError(f"status {str(status)[:60]!r} is not one of: {', '.join(STATUSES)}")
+    return str(status)
+
+
+def check_limit(limit: object) -> int:
+    if limit is None or limit == "":
+        return DEFAULT_LIST_LIMIT
+    try:
+        value = int(str(limit))
+    except ValueError:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}, got {str(limit)[:40]!r}") from None
+    if not 1 <= value <= MAX_LIST_LIMIT:
+        raise ValidationError(f"limit must be an integer from 1 to {MAX_LIST_LIMIT}, got {value}")
+    return value
+
+
+def parse_from_step(value: object) -> dict[str, Any] | None:
+    """Validate ``from_step`` (``{"name", "count"?, "type"?}``) of a restart request."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValidationError("from_step must be an object {name, count?, type?}")
+    unknown = set(value) - {"name", "count", "type"}
+    if unknown:
+        raise ValidationError(f"unknown key(s) {sorted(unknown)} in from_step; allowed: name, count, type")
+    result: dict[str, Any] = {"name": validators.step_name(value.get("name"))}
+    if "count" in value:
+        count = value["count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+            raise ValidationError(f"from_step count must be an integer >= 1, got {count!r}")
+        result["count"] = count
+    if "type" in value:
+        kind = value["type"]
+        kinds = {"do": DO, "step": DO, "sleep": SLEEP, "waitForEvent": WAIT}
+        if kind not in kinds:
+            raise ValidationError(f"from_step type must be one of do, sleep, waitForEvent, got {kind!r}")
+        result["type"] = kinds[str(kind)]
+    return result
+
+
+# -- operations ---------------------------------------------------------------------------------
+class Operations:
+    """The operator's verbs on one engine; every method returns JSON-ready data.
+
+    Errors are Perdure's own: :class:`~perdure.ValidationError` for bad input,
+    :class:`~perdure.WorkflowNotFoundError`, :class:`~perdure.InstanceNotFoundError`,
+    :class:`~perdure.InstanceAlreadyExistsError` and :class:`~perdure.InvalidStateError`.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._bindings: dict[str, WorkflowBinding] = {}
+
+    # workflows
+    async def _counts(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
+        store = await self.engine.ensure_store()
+        return await store.count_by_status(workflow)
+
+    async def workflow_names(self) -> list[str]:
+        names = set(self.engine.workflows) | set(await self._counts())
+        return sorted(names)
+
+    def _workflow_view(self, name: str, counts: dict[str, int]) -> dict[str, Any]:
+        registration = self.engine.workflows.get(name)
+        return {
+            "name": name,
+            "registered": registration is not None,
+            "class_name": registration.cls.__name__ if registration else None,
+            "schedules": list(registration.schedules) if registration else [],
+            "step_limit": registration.step_limit if registration else None,
+            "instances": {status: counts[status] for status in STATUSES if counts.get(status)},
+            "total": sum(counts.values()),
+        }
+
+    async def list_workflows(self) -> list[dict[str, Any]]:
+        counts = await self._counts()
+        names = sorted(set(self.engine.workflows) | set(counts))
+        return [self._workflow_view(name, counts.get(name, {})) for name in names]
+
+    async def describe_workflow(self, name: str) -> dict[str, Any]:
+        await self._check_workflow(name)
+        counts = await self._counts(name)
+        return self._workflow_view(name, counts.get(name, {}))
+
+    async def _check_workflow(self, name: str) -> WorkflowBinding:
+        """The binding for ``name``: a registered workflow, or one with instances in the store."""
+        if not isinstance(name, str) or not name:
+            raise ValidationError("workflow name must be a non-empty string")
+        if name in self.engine.workflows:
+            return self.engine.binding(name)
+        if name in self._bindings:
+            return self._bindings[name]
+        validators.workflow_name(name)
+        if name not in await self._counts(name):
+            raise WorkflowNotFoundError(f"no workflow named {name!r}: it is not registered and has no instances")
+        binding = WorkflowBinding(self.engine, name)  # control works through the store alone
+        self._bindings[name] = binding
+        return binding
+
+    # instances
+    async def create(self, name: str, body: object) -> dict[str, Any] | list[dict[str, Any]]:
+        """Create one instance (``body`` a mapping ``{id?, params?}`` or None) or a batch (a list).
+
+        One returns its summary; a batch returns the summaries of the instances it created
+        (ids that already existed are skipped, as ``create_batch`` does)."""
+        binding = await self._check_workflow(name)
+        if isinstance(body, list):
+            created = await binding.create_batch(body)
+            return [await self._summary(i) for i in created]
+        if body is None:
+            body = {}
+        if not isinstance(body, Mapping):
+            raise ValidationError(
+                f"the request body must be an object {{id?, params?}} or a list of them, got {_json_type(body)}"
+            )
+        instance = await binding.create(body)
+        return await self._summary(instance)
+
+    async def _summary(self, instance: Instance) -> dict[str, Any]:
+        return instance_summary(await instance.record())
+
+    async def list_instances(
+        self, name: str, *, status: object = None, cursor: str | None = None, limit: object = None
+    ) -> dict[str, Any]:
+        """Newest first: ``{"instances": [...], "next_cursor": str | None}``."""
+        wanted = check_status(status)
+        size = check_limit(limit)
+        store_cursor = decode_cursor(cursor)
+        await self._check_workflow(name)
+        store = await self.engine.ensure_store()
+        try:
+            page = await store.list_instances(name, status=wanted, cursor=store_cursor, limit=size)
+        except (ValueError, TypeError, OverflowError):
+            raise ValidationError("cursor is not one this server issued") from None
+        return {"instances": [instance_summary(r) for r in page.items], "next_cursor": encode_cursor(page.next_cursor)}
+
+    async def get_record(self, name: str, instance_id: str) -> InstanceRecord:
+        """The instance; ``latest`` names the newest one unless an instance has that id."""
+        await self._check_workflow(name)
+        store = await self.engine.ensure_store()
+        validators.instance_id(instance_id)
+        record = await store.get_instance(name, instance_id)
+        if record is None and instance_id == "latest":
+            page = await store.list_instances(name, limit=1)
+            record = page.items[0] if page.items else None
+            if record is None:
+                raise InstanceNotFoundError(f"workflow {name!r} has no instances yet")
+        if record is None:
+            raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {name!r}")
+        return record
+
+    async def describe(self, name: str, instance_id: str, *, include_output: bool = True) -> dict[str, Any]:
+        record = await self.get_record(name, instance_id)
+        store = await self.engine.ensure_store()
+        steps = await store.load_steps(record.pk)
+        history = await store.history(record.pk)
+        return instance_detail(record, steps, history, include_output=include_output)
+
+    async def _instance(self, name: str, instance_id: str) -> Instance:
+        binding = await self._check_workflow(name)
+        record = await self.get_record(name, instance_id)
+        return Instance(binding, record.id, record.pk)
+
+    async def control(
+        self, name: str, instance_id: str, action: object, *, from_step: object = None
+    ) -> dict[str, Any]:
+        """Pause, resume, terminate or restart; returns the instance's summary afterwards."""
+        if action not in ACTIONS:
+            raise ValidationError(f"status must be one of {', '.join(ACTIONS)}, got {str(action)[:60]!r}")
+        step = parse_from_step(from_step)
+        if step is not None and action != "restart":
+            raise ValidationError("from_step is only allowed with status 'restart'")
+        instance = await self._instance(name, instance_id)
+        if action == "pause":
+            await instance.pause()
+        elif action == "resume":
+            await instance.resume()
+        elif action == "terminate":
+            await instance.terminate()
+        else:
+            await instance.restart(step)
+        return await self._summary(instance)
+
+    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> dict[str, Any]:
+        validators.event_type(event_type)
+        instance = await self._instance(name, instance_id)
+        await instance.send_event(event_type, payload)
+        return {"id": instance.id, "workflow": name, "type": event_type}
+
+
+def _json_type(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)

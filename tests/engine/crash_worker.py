@@ -1,0 +1,47 @@
+"""A worker process for the crash test: 20-step workflows whose steps log a side effect.
+
+Run as ``python -m tests.engine.crash_worker DB_URL EFFECTS_FILE``; it works until killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from typing import Any
+
+from perdure import Engine, WorkflowEntrypoint
+
+STEPS = 20
+
+
+def make_engine(url: str, effects: str) -> Engine:
+    class Twenty(WorkflowEntrypoint):
+        async def run(self, event: Any, step: Any) -> Any:
+            total = 0
+            for i in range(STEPS):
+
+                async def effect(i: int = i) -> int:
+                    # The side effect happens before the result is recorded: a crash in between
+                    # runs it again (at least once), never loses it.
+                    with open(effects, "a") as f:
+                        f.write(f"{os.getpid()} {event.instance_id} {i}\n")
+                    await asyncio.sleep(0.01)
+                    return i
+
+                total += await step.do(f"step-{i}", effect)
+            return total
+
+    engine = Engine(url, max_concurrent=5, poll_interval=0.02)
+    engine.register(Twenty, name="twenty")
+    return engine
+
+
+async def main(url: str, effects: str) -> None:
+    async with make_engine(url, effects):
+        print("ready", flush=True)
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))

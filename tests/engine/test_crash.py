@@ -1,0 +1,95 @@
+"""Kill -9 a worker process repeatedly mid-workflow; nothing is lost, nothing recorded twice."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.engine.crash_worker import STEPS, make_engine
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_worker(url: str, effects: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.engine.crash_worker", url, str(effects)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+async def test_sigkill_during_50_instances_of_20_steps(db_url: str, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.log"
+    client = make_engine(db_url, str(effects))  # never started: a client that creates instances
+    binding = client.binding("twenty")
+    instances = await binding.create_batch([{"id": f"job-{n}"} for n in range(50)])
+    kills = 0
+    worker = start_worker(db_url, effects)
+    try:
+        for delay in (0.3, 0.5, 0.4, 0.6):
+            await asyncio.sleep(delay)
+            os.kill(worker.pid, signal.SIGKILL)
+            worker.wait()
+            kills += 1
+            worker = start_worker(db_url, effects)
+        deadline = time.monotonic() + 60
+        for instance in instances:
+            status = await instance.wait(timeout=max(0.1, deadline - time.monotonic()))
+            assert status == {"status": "complete", "output": sum(range(STEPS)), "error": None}
+    finally:
+        worker.kill()
+        worker.wait()
+    lines = effects.read_text().split()
+    executions = Counter(zip(lines[1::3], lines[2::3]))
+    pids = set(lines[0::3])
+    assert kills == 4 and len(pids) == 5  # every worker did some of the work
+    assert len(executions) == 50 * STEPS  # every step's side effect happened
+    assert max(executions.values()) <= 2  # at most once more, for the step a kill interrupted
+    repeated = sum(1 for n in executions.values() if n == 2)
+    assert repeated <= kills * 5  # only steps in flight at a kill (5 running instances) re-ran
+    for instance in instances:
+        steps = await client.store.load_steps(instance.pk)
+        assert sorted((s.name, s.count, s.status) for s in steps) == sorted(
+            (f"step-{i}", 1, "complete") for i in range(STEPS)
+        )
+    await client.stop()
+
+
+async def test_another_process_controls_instances_the_worker_runs(db_url: str, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.log"
+    client = make_engine(db_url, str(effects))
+    binding = client.binding("twenty")
+    worker = start_worker(db_url, effects)
+    try:
+        doomed = await binding.create(id="doomed")
+        paused = await binding.create(id="paused")
+        while not effects.exists() or effects.read_text().count(" paused ") < 2:
+            await asyncio.sleep(0.01)
+        await doomed.terminate()
+        await paused.pause()
+        await asyncio.sleep(0.5)
+        assert (await doomed.status())["status"] == "terminated"
+        assert (await paused.status())["status"] == "paused"
+        done_before = effects.read_text().count(" paused ")
+        await asyncio.sleep(0.3)
+        assert effects.read_text().count(" paused ") == done_before  # no step runs while paused
+        await paused.resume()
+        assert (await paused.wait(10))["status"] == "complete"
+        assert effects.read_text().count(" doomed ") < STEPS
+    finally:
+        worker.kill()
+        worker.wait()
+        await client.stop()
