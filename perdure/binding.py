@@ -23,7 +23,9 @@ if TYPE_CHECKING:
 
 def _create_item(options: object) -> tuple[str, str]:
     if not isinstance(options, Mapping):
-        raise ValidationError(f"an instance to create must be a mapping {{'id'?, 'params'?}}, got {type(options).__name__}")
+        raise ValidationError(
+            f"an instance to create must be a mapping {{'id'?, 'params'?}}, got {type(options).__name__}"
+        )
     unknown = set(options) - {"id", "params"}
     if unknown:
         raise ValidationError(f"unknown key(s) {sorted(unknown)} in create options; allowed: 'id', 'params'")
@@ -152,9 +154,7 @@ class Instance:
         await store.restart(self.pk, self._engine.clock.now(), key)
         self._engine.control_changed()
 
-    async def send_event(
-        self, type: Any = None, payload: Any = None, /, **kwargs: Any
-    ) -> None:
+    async def send_event(self, type: Any = None, payload: Any = None, /, **kwargs: Any) -> None:
         """Deliver an event to a ``wait_for_event`` of the same type, now or later.
 
         ``send_event("approval", {...})``, ``send_event(type=..., payload=...)`` or Cloudflare's
@@ -169,7 +169,7 @@ class Instance:
                 raise ValidationError(f"unknown argument(s) {sorted(unknown)}; send_event takes type and payload")
             event_type = kwargs.get("type", type)
             event_payload = kwargs.get("payload", payload)
-        validators.event_type(event_type)
+        event_type = validators.event_type(event_type)
         encoded = validators.encode_json(event_payload, "event payload")
         store = await self._binding._store()
         await store.send_event(self.pk, event_type, encoded, self._engine.clock.now())

@@ -213,7 +213,7 @@ class Step:
                     "or the names of earlier @step.do functions"
                 )
         if concurrent and len(deps) > 1:
-            return dict(zip(deps, await asyncio.gather(*(self._dependency(p) for p in deps))))
+            return dict(zip(deps, await asyncio.gather(*(self._dependency(p) for p in deps)), strict=True))
         return {p: await self._dependency(p) for p in deps}
 
     async def _run_do(self, name: str, fn: Callable[..., Any], config: Any, concurrent: bool) -> Any:
@@ -247,7 +247,12 @@ class Step:
         return await self._attempts(record, fn, resolved, kwargs, "ctx" in _parameters(fn))
 
     async def _attempts(
-        self, record: StepRecord, fn: Callable[..., Any], config: dict[str, Any], kwargs: dict[str, Any], wants_ctx: bool
+        self,
+        record: StepRecord,
+        fn: Callable[..., Any],
+        config: dict[str, Any],
+        kwargs: dict[str, Any],
+        wants_ctx: bool,
     ) -> Any:
         limit = config["retries"]["limit"]
         timeout = timeout_seconds(config)
@@ -371,7 +376,13 @@ class Step:
         now = self._clock.now()
         if record is None:
             record = StepRecord(
-                WAIT, name, count, "waiting", now, config={"type": event_type, "timeout": seconds}, wake_at=now + seconds
+                WAIT,
+                name,
+                count,
+                "waiting",
+                now,
+                config={"type": event_type, "timeout": seconds},
+                wake_at=now + seconds,
             )
             self._memo[record.key] = record
         try:
@@ -385,7 +396,8 @@ class Step:
             return _event_value(event)
         assert record.wake_at is not None
         if now >= record.wake_at:
-            message = f"wait_for_event {name!r} timed out after {record.config['timeout'] if record.config else seconds}s without a {event_type!r} event"
+            waited = record.config["timeout"] if record.config else seconds
+            message = f"wait_for_event {name!r} timed out after {waited}s without a {event_type!r} event"
             record.status, record.ended_at, record.wake_at = "failed", now, None
             record.error = {"name": "EventTimeoutError", "message": message}
             await self._save(record)
@@ -466,5 +478,7 @@ def _event_value(stored: Any) -> dict[str, Any]:
     return {
         "type": stored.get("type"),
         "payload": stored.get("payload"),
-        "timestamp": to_datetime(timestamp) if isinstance(timestamp, (int, float)) and math.isfinite(timestamp) else timestamp,
+        "timestamp": to_datetime(timestamp)
+        if isinstance(timestamp, (int, float)) and math.isfinite(timestamp)
+        else timestamp,
     }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from croniter import croniter
@@ -30,13 +30,13 @@ def validate_cron(expression: object) -> str:
 
 
 def next_firing(expression: str, after: float) -> float:
-    base = datetime.fromtimestamp(after, tz=timezone.utc)
+    base = datetime.fromtimestamp(after, tz=UTC)
     return float(croniter(expression, base).get_next(float))
 
 
 def firing_id(expression: str, when: float) -> str:
     digest = hashlib.sha1(expression.encode()).hexdigest()[:8]
-    stamp = datetime.fromtimestamp(when, tz=timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = datetime.fromtimestamp(when, tz=UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"cron-{digest}-{stamp}"
 
 

@@ -11,11 +11,10 @@ import functools
 import math
 import re
 from datetime import datetime, timedelta
-from typing import Union
 
 from .errors import ValidationError
 
-Duration = Union[timedelta, int, float, str]
+Duration = timedelta | int | float | str
 """Anything accepted where the API asks for a duration."""
 
 _UNIT_SECONDS = {
@@ -49,9 +48,7 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
             )
         seconds = parsed
     else:
-        raise ValidationError(
-            f"{what} {value!r} is not a duration: use a timedelta, milliseconds or '<n> <unit>'"
-        )
+        raise ValidationError(f"{what} {value!r} is not a duration: use a timedelta, milliseconds or '<n> <unit>'")
     if seconds < 0:
         raise ValidationError(f"{what} {value!r} is negative")
     return seconds

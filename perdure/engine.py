@@ -185,7 +185,10 @@ class Engine:
         self._stopping = False
         self._nudge = asyncio.Event()
         loop = asyncio.get_running_loop()
-        self.store.on_change(lambda: loop.call_soon_threadsafe(self._external_change))
+        def on_change() -> None:
+            loop.call_soon_threadsafe(self._external_change)
+
+        self.store.on_change(on_change)
         await self._expire_dead_local_owners()
         self._background.append(asyncio.create_task(self._dispatch_loop(), name="perdure-dispatcher"))
         self._background.append(asyncio.create_task(self._lease_loop(), name="perdure-leases"))
@@ -278,9 +281,7 @@ class Engine:
                 if claim_now and free > 0:
                     claim_now = False
                     now = self.clock.now()
-                    claimed = await self.store.claim(
-                        self.owner, free, now, now + self.lease_ttl, list(self._registry)
-                    )
+                    claimed = await self.store.claim(self.owner, free, now, now + self.lease_ttl, list(self._registry))
                     for record in claimed:
                         self._launch(record)
                     if len(claimed) == free:
@@ -411,7 +412,9 @@ class Engine:
             # drop the run; a lost one is claimed again once its lease, no longer renewed, runs out
             step.cancel_in_flight()
             if stop.kind == "lost":
-                log.warning("perdure: lost instance %s/%s (store error); it will be retried", record.workflow, record.id)
+                log.warning(
+                    "perdure: lost instance %s/%s (store error); it will be retried", record.workflow, record.id
+                )
 
     async def _finish(
         self, record: InstanceRecord, status: str, output_json: str | None, error: dict[str, str] | None

@@ -20,7 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from . import validators
@@ -45,7 +45,7 @@ def iso(ts: float | None) -> str | None:
     """Epoch seconds as ISO 8601 UTC with milliseconds, or None."""
     if ts is None:
         return None
-    moment = datetime.fromtimestamp(ts, tz=timezone.utc)
+    moment = datetime.fromtimestamp(ts, tz=UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -341,14 +341,14 @@ class Operations:
         return binding
 
     # instances
-    async def create(self, name: str, body: object) -> dict[str, Any] | list[dict[str, Any]]:
+    async def create(self, name: str, body: object, *, trigger: str = "api") -> dict[str, Any] | list[dict[str, Any]]:
         """Create one instance (``body`` a mapping ``{id?, params?}`` or None) or a batch (a list).
 
         One returns its summary; a batch returns the summaries of the instances it created
         (ids that already existed are skipped, as ``create_batch`` does)."""
         binding = await self._check_workflow(name)
         if isinstance(body, list):
-            created = await binding.create_batch(body)
+            created = await _create(binding, validators.batch_size(body), skip_existing=True, trigger=trigger)
             return [await self._summary(i) for i in created]
         if body is None:
             body = {}
@@ -356,7 +356,7 @@ class Operations:
             raise ValidationError(
                 f"the request body must be an object {{id?, params?}} or a list of them, got {_json_type(body)}"
             )
-        instance = await binding.create(body)
+        (instance,) = await _create(binding, [body], skip_existing=False, trigger=trigger)
         return await self._summary(instance)
 
     async def _summary(self, instance: Instance) -> dict[str, Any]:
@@ -404,9 +404,7 @@ class Operations:
         record = await self.get_record(name, instance_id)
         return Instance(binding, record.id, record.pk)
 
-    async def control(
-        self, name: str, instance_id: str, action: object, *, from_step: object = None
-    ) -> dict[str, Any]:
+    async def control(self, name: str, instance_id: str, action: object, *, from_step: object = None) -> dict[str, Any]:
         """Pause, resume, terminate or restart; returns the instance's summary afterwards."""
         if action not in ACTIONS:
             raise ValidationError(f"status must be one of {', '.join(ACTIONS)}, got {str(action)[:60]!r}")
@@ -429,6 +427,15 @@ class Operations:
         instance = await self._instance(name, instance_id)
         await instance.send_event(event_type, payload)
         return {"id": instance.id, "workflow": name, "type": event_type}
+
+
+async def _create(binding: WorkflowBinding, items: list[Any], *, skip_existing: bool, trigger: str) -> list[Instance]:
+    """``create``/``create_batch`` that records who triggered the instances (``api``, ``queue``):
+    the trigger source shows in ``describe`` as Cloudflare's ``trigger.source`` does."""
+    for item in items:
+        if not isinstance(item, Mapping):
+            raise ValidationError(f"an instance to create must be an object {{id?, params?}}, got {_json_type(item)}")
+    return await binding._create_many(items, skip_existing=skip_existing, trigger=trigger)
 
 
 def _json_type(value: object) -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from .durations import parse_duration
 from .errors import ValidationError
@@ -25,9 +26,7 @@ def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any
         raise ValidationError(f"step {step!r}: config must be a mapping, got {type(config).__name__}")
     unknown = set(config) - _TOP_KEYS
     if unknown:
-        raise ValidationError(
-            f"step {step!r}: unknown config key(s) {sorted(unknown)}; allowed: 'retries', 'timeout'"
-        )
+        raise ValidationError(f"step {step!r}: unknown config key(s) {sorted(unknown)}; allowed: 'retries', 'timeout'")
     if "retries" in config:
         retries = config["retries"]
         if not isinstance(retries, Mapping):
@@ -80,7 +79,7 @@ def retry_delay(config: Mapping[str, Any], retry: int) -> float:
         return base
     if backoff == "linear":
         return base * retry
-    return base * 2 ** (retry - 1)
+    return float(base * 2 ** (retry - 1))
 
 
 def timeout_seconds(config: Mapping[str, Any]) -> float:

@@ -220,7 +220,7 @@ class Store(abc.ABC):
     async def changed(self) -> bool:
         """True when another connection may have written since the last call (cheap)."""
 
-    def on_change(self, callback: Callable[[], None]) -> None:
+    def on_change(self, callback: Callable[[], None]) -> None:  # noqa: B027 - optional hook
         """Call ``callback`` (from any thread) when another process writes something a worker
         should react to. Backends with push notifications implement it; others are polled
         through :meth:`changed`."""

@@ -154,9 +154,7 @@ def _step(row: tuple[Any, ...]) -> StepRecord:
 
 
 def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
-    conn.execute(
-        "INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, _dumps(data))
-    )
+    conn.execute("INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, _dumps(data)))
 
 
 def _fence(conn: sqlite3.Connection, pk: int, epoch: int) -> str:
@@ -355,7 +353,7 @@ class SQLiteStore(Store):
             current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
         except RuntimeError:
             current = None
-        for (op, loop), (value, error) in zip(pending, outcomes):
+        for (op, loop), (value, error) in zip(pending, outcomes, strict=True):
             if op.future is None or loop is None:
                 continue
             if loop is current:
@@ -451,7 +449,9 @@ class SQLiteStore(Store):
         return result
 
     async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
-        rows = self._read(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id))
+        rows = self._read(
+            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id)
+        )
         return _instance(rows[0]) if rows else None
 
     async def get_by_pk(self, pk: int) -> InstanceRecord | None:
@@ -548,7 +548,8 @@ class SQLiteStore(Store):
     async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                "UPDATE instances SET lease_until = ? WHERE owner = ? AND pk = ?", [(lease_until, owner, pk) for pk in pks]
+                "UPDATE instances SET lease_until = ? WHERE owner = ? AND pk = ?",
+                [(lease_until, owner, pk) for pk in pks],
             )
 
         await self._write(op)
@@ -749,7 +750,9 @@ class SQLiteStore(Store):
                 " wake_requested = 0, started_at = ? WHERE pk = ?",
                 (QUEUED, started, pk),
             )
-            _history(conn, pk, "WORKFLOW_QUEUED", now, {"trigger": "restart", "from_step": list(from_step or []) or None})
+            _history(
+                conn, pk, "WORKFLOW_QUEUED", now, {"trigger": "restart", "from_step": list(from_step or []) or None}
+            )
             return QUEUED
 
         result: str = await self._write(op)
@@ -783,7 +786,6 @@ class SQLiteStore(Store):
 
     async def changed(self) -> bool:
         (version,) = self._read("PRAGMA data_version")[0]
-        changed = version != self._data_version
+        changed = bool(version != self._data_version)
         self._data_version = version
         return changed
-

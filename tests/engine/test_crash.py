@@ -53,7 +53,7 @@ async def test_sigkill_during_50_instances_of_20_steps(db_url: str, tmp_path: Pa
         worker.kill()
         worker.wait()
     lines = effects.read_text().split()
-    executions = Counter(zip(lines[1::3], lines[2::3]))
+    executions = Counter(zip(lines[1::3], lines[2::3], strict=False))
     pids = set(lines[0::3])
     assert kills == 4 and len(pids) == 5  # every worker did some of the work
     assert len(executions) == 50 * STEPS  # every step's side effect happened

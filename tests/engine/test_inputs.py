@@ -8,10 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from perdure import ValidationError
+from perdure import ValidationError, validators
 from perdure.durations import parse_duration, parse_timestamp
 from perdure.retries import resolve_config, retry_delay
-from perdure import validators
 
 
 @pytest.mark.parametrize(
@@ -34,7 +33,9 @@ def test_durations_follow_cloudflare_units(value: object, seconds: float) -> Non
     assert parse_duration(value) == seconds
 
 
-@pytest.mark.parametrize("bad", ["10", "ten seconds", "10 fortnights", "", "-1 second", None, True, [1], float("nan"), -5])
+@pytest.mark.parametrize(
+    "bad", ["10", "ten seconds", "10 fortnights", "", "-1 second", None, True, [1], float("nan"), -5]
+)
 def test_bad_durations_are_rejected_and_quoted(bad: object) -> None:
     with pytest.raises(ValueError) as info:
         parse_duration(bad)

@@ -42,8 +42,8 @@ async def test_limit_counts_retries_and_delays_follow_backoff(make_engine: Make)
     assert len(starts) == 4  # limit 3 = one attempt + three retries
     assert status["status"] == "errored"
     assert status["error"] == {"name": "RuntimeError", "message": "attempt 4 failed"}
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
-    for gap, expected in zip(gaps, [0.05, 0.10, 0.20]):
+    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    for gap, expected in zip(gaps, [0.05, 0.10, 0.20], strict=False):
         assert expected <= gap < expected + 0.15
     (record,) = await engine.store.load_steps(instance.pk)
     assert len(record.attempts) == 4 and all(a["error"]["name"] == "RuntimeError" for a in record.attempts)
@@ -78,8 +78,8 @@ async def test_limit_zero_means_one_attempt_and_linear_and_constant_backoff(make
     status = await (await binding.create()).wait(10)
     assert status["output"] == ["once", "linear", "constant"]
     assert calls == Counter({"once": 1, "linear": 3, "constant": 3})
-    linear = [b - a for a, b in zip(starts["linear"], starts["linear"][1:])]
-    constant = [b - a for a, b in zip(starts["constant"], starts["constant"][1:])]
+    linear = [b - a for a, b in zip(starts["linear"], starts["linear"][1:], strict=False)]
+    constant = [b - a for a, b in zip(starts["constant"], starts["constant"][1:], strict=False)]
     assert 0.04 <= linear[0] < 0.15 and 0.08 <= linear[1] < 0.2
     assert all(0.04 <= gap < 0.15 for gap in constant)
 
@@ -185,7 +185,11 @@ async def test_caught_failures_are_memoised_and_rebuilt_on_replay(make_engine: M
     assert (await (await binding.create()).wait(10))["output"] == "done"
     assert calls == Counter({"value": 1, "custom": 1, "nre": 1})  # never run again on replay
     first, replay = seen[:3], seen[3:]
-    assert first == [("value", "ValueError", "bad value"), ("custom", "CustomError", "42: teapot"), ("nre", "NonRetryableError", "stop")]
+    assert first == [
+        ("value", "ValueError", "bad value"),
+        ("custom", "CustomError", "42: teapot"),
+        ("nre", "NonRetryableError", "stop"),
+    ]
     assert replay == [
         ("value", "ValueError", "bad value"),
         ("custom", "StepError:CustomError", "42: teapot"),

@@ -8,14 +8,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from perdure import Engine, WorkflowEntrypoint
 
 Make = Callable[..., Engine]
 
 
-async def run_one(make_engine: Make, cls: type[WorkflowEntrypoint], params: Any = None, **options: Any) -> dict[str, Any]:
+async def run_one(
+    make_engine: Make, cls: type[WorkflowEntrypoint], params: Any = None, **options: Any
+) -> dict[str, Any]:
     engine = make_engine(**options)
     binding = engine.register(cls, name="wf")
     async with engine:

@@ -181,7 +181,9 @@ async def test_many_sleeping_instances_hold_no_coroutines(make_engine: Make) -> 
     binding = engine.register(Sleeper, name="wf")
     async with engine:
         for _ in range(10):
-            await binding.create_batch([{"params": {"ms": timedelta(hours=1).total_seconds() * 1000}} for _ in range(100)])
+            await binding.create_batch(
+                [{"params": {"ms": timedelta(hours=1).total_seconds() * 1000}} for _ in range(100)]
+            )
         deadline = time.monotonic() + 20
         while (await engine.store.count_by_status("wf"))["wf"].get("waiting", 0) < 1000:
             assert time.monotonic() < deadline
