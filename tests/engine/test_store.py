@@ -1,0 +1,36 @@
+"""The storage interface's own rules: claim order and fencing (every backend)."""
+
+from __future__ import annotations
+
+import pytest
+
+from perdure.engine import open_store
+from perdure.store.base import DO, Fenced, NewInstance, StepRecord
+
+
+async def test_woken_instances_are_claimed_before_queued_ones_and_writes_are_fenced(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    try:
+        created = await store.create_instances(
+            "wf", [NewInstance(f"i{n}", "{}") for n in range(3)], now=100.0, skip_existing=False
+        )
+        (first,) = await store.claim("w1", 1, now=101.0, lease_until=200.0, workflows=["wf"])
+        assert first.id == "i0"  # oldest queued first
+        await store.suspend(first.pk, first.epoch, wake_at=102.0, wait_types=[], now=101.0)
+        (woken,) = await store.claim("w1", 1, now=103.0, lease_until=200.0, workflows=["wf"])
+        assert woken.id == "i0"  # its timer is due: ahead of the queued i1 and i2
+        assert woken.epoch == first.epoch + 1
+        step = StepRecord(DO, "s", 1, "complete", 103.0, result=1)
+        with pytest.raises(Fenced):
+            await store.save_step(first.pk, first.epoch, step)  # the old epoch is refused
+        assert await store.save_step(woken.pk, woken.epoch, step) == "running"
+        assert await store.claim("w2", 5, now=104.0, lease_until=105.0, workflows=["other"]) == []
+        others = await store.claim("w2", 5, now=104.0, lease_until=105.0, workflows=["wf"])
+        assert sorted(i.id for i in others) == ["i1", "i2"]
+        # w2 stops renewing: once the lease ran out, another worker takes the instances over.
+        taken = await store.claim("w3", 5, now=106.0, lease_until=300.0, workflows=["wf"])
+        assert sorted(i.id for i in taken) == ["i1", "i2"]
+        assert [len(created)] == [3]
+    finally:
+        await store.close()
