@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -18,16 +17,9 @@ from perdure import (
     WorkflowEntrypoint,
 )
 from perdure.cron import firing_id
+from tests.engine.util import until_status
 
 Make = Callable[..., Engine]
-
-
-async def until_status(instance: Any, wanted: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while (await instance.status())["status"] != wanted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status is {(await instance.status())['status']}, wanted {wanted}")
-        await asyncio.sleep(0.01)
 
 
 class Echo(WorkflowEntrypoint):

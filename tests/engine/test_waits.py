@@ -11,16 +11,9 @@ from typing import Any
 import pytest
 
 from perdure import Engine, EventTimeoutError, InvalidStateError, WorkflowEntrypoint
+from tests.engine.util import until_status
 
 Make = Callable[..., Engine]
-
-
-async def until_status(instance: Any, wanted: str, timeout: float = 5) -> None:
-    deadline = time.monotonic() + timeout
-    while (await instance.status())["status"] != wanted:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"status is {(await instance.status())['status']}, wanted {wanted}")
-        await asyncio.sleep(0.01)
 
 
 class Sleeper(WorkflowEntrypoint):
