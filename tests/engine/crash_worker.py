@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from typing import Any
 
 from perdure import Engine, WorkflowEntrypoint
@@ -32,8 +33,17 @@ def make_engine(url: str, effects: str) -> Engine:
                 total += await step.do(f"step-{i}", effect)
             return total
 
-    engine = Engine(url, max_concurrent=5, poll_interval=0.02)
+    class Napper(WorkflowEntrypoint):
+        async def run(self, event: Any, step: Any) -> Any:
+            before = await step.do("before", time.time)
+            await step.sleep("nap", 2000)
+            after = await step.do("after", time.time)
+            approval = await step.wait_for_event("approval", "approval", timeout="1 minute")
+            return {"slept": after - before, "approval": approval["payload"]}
+
+    engine = Engine(url, max_concurrent=5, poll_interval=0.02, fast_wait=0.1)
     engine.register(Twenty, name="twenty")
+    engine.register(Napper, name="napper")
     return engine
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.engine.crash_worker import STEPS, make_engine
+from tests.engine.util import until_status
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,32 @@ async def test_another_process_controls_instances_the_worker_runs(db_url: str, t
         await paused.resume()
         assert (await paused.wait(10))["status"] == "complete"
         assert effects.read_text().count(" doomed ") < STEPS
+    finally:
+        worker.kill()
+        worker.wait()
+        await client.stop()
+
+
+async def test_sleeps_and_waits_keep_their_deadlines_across_sigkill(db_url: str, tmp_path: Path) -> None:
+    effects = tmp_path / "effects.log"
+    client = make_engine(db_url, str(effects))
+    binding = client.binding("napper")
+    worker = start_worker(db_url, effects)
+    try:
+        instances = await binding.create_batch([{"id": f"nap-{n}"} for n in range(5)])
+        for instance in instances:
+            await until_status(instance, "waiting")
+        os.kill(worker.pid, signal.SIGKILL)  # every instance is asleep in the database now
+        worker.wait()
+        for instance in instances:
+            await instance.send_event("approval", instance.id)  # sent while no worker runs
+        await asyncio.sleep(0.5)
+        worker = start_worker(db_url, effects)
+        for instance in instances:
+            status = await instance.wait(10)
+            assert status["status"] == "complete"
+            assert 2.0 <= status["output"]["slept"] < 2.6  # the sleep did not start over
+            assert status["output"]["approval"] == instance.id
     finally:
         worker.kill()
         worker.wait()
