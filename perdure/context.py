@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import math
 from collections.abc import Awaitable, Callable, Mapping
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from . import validators
 from .clock import Clock, run_with_timeout
@@ -312,7 +313,7 @@ class Step:
             record.attempts[-1]["error"] = record.error
             await self._save(record)
             raise Stop("fatal", {"name": "ValidationError", "message": str(exc)}) from None
-        value = _decode(encoded)  # callers get the same value now as on every replay
+        value = json.loads(encoded)  # callers get the same value now as on every replay
         record.status, record.result, record.result_json, record.ended_at = COMPLETE, value, encoded, now
         await self._save(record)
         return value
@@ -404,7 +405,6 @@ class Step:
             raise EventTimeoutError(message)
         self.wait_types.add(event_type)
         self._suspend(record.wake_at)
-        raise AssertionError("unreachable")
 
     # -- bookkeeping ---------------------------------------------------------------------------
     def _next_count(self, kind: str, name: str) -> int:
@@ -418,7 +418,7 @@ class Step:
         if self.pause_requested:
             self._suspend(None)
 
-    def _suspend(self, deadline: float | None) -> None:
+    def _suspend(self, deadline: float | None) -> NoReturn:
         if deadline is not None:
             self.wakes.append(deadline)
         if self.stopping is None:
@@ -465,12 +465,6 @@ class Step:
 
     def next_wake(self) -> float | None:
         return min(self.wakes) if self.wakes else None
-
-
-def _decode(encoded: str) -> Any:
-    import json
-
-    return json.loads(encoded)
 
 
 def _event_value(stored: Any) -> dict[str, Any]:
