@@ -34,7 +34,7 @@ async def test_limit_counts_retries_and_delays_follow_backoff(make_engine: Make)
                 starts.append(time.monotonic())
                 raise RuntimeError(f"attempt {len(starts)} failed")
 
-            await step.do("flaky", flaky, config={"retries": {"limit": 3, "delay": 50, "backoff": "exponential"}})
+            await step.do("flaky", flaky, config={"retries": {"limit": 3, "delay": 100, "backoff": "exponential"}})
 
     engine, binding = await start(make_engine, Flow)
     instance = await binding.create()
@@ -43,8 +43,9 @@ async def test_limit_counts_retries_and_delays_follow_backoff(make_engine: Make)
     assert status["status"] == "errored"
     assert status["error"] == {"name": "RuntimeError", "message": "attempt 4 failed"}
     gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
-    for gap, expected in zip(gaps, [0.05, 0.10, 0.20], strict=False):
-        assert expected <= gap < expected + 0.15
+    # Never early; the third gap tells exponential (0.4 s) from linear (0.3 s).
+    for gap, expected in zip(gaps, [0.1, 0.2, 0.4], strict=True):
+        assert expected <= gap < expected + 0.5
     (record,) = await engine.store.load_steps(instance.pk)
     assert len(record.attempts) == 4 and all(a["error"]["name"] == "RuntimeError" for a in record.attempts)
 
@@ -59,7 +60,7 @@ async def test_limit_zero_means_one_attempt_and_linear_and_constant_backoff(make
             for name, config in [
                 ("once", {"retries": {"limit": 0}}),
                 ("linear", {"retries": {"limit": 2, "delay": 40, "backoff": "linear"}}),
-                ("constant", {"retries": {"limit": 2, "delay": 40, "backoff": "constant"}}),
+                ("constant", {"retries": {"limit": 2, "delay": 200, "backoff": "constant"}}),
             ]:
 
                 def fail(name: str = name) -> None:
@@ -80,8 +81,8 @@ async def test_limit_zero_means_one_attempt_and_linear_and_constant_backoff(make
     assert calls == Counter({"once": 1, "linear": 3, "constant": 3})
     linear = [b - a for a, b in zip(starts["linear"], starts["linear"][1:], strict=False)]
     constant = [b - a for a, b in zip(starts["constant"], starts["constant"][1:], strict=False)]
-    assert 0.04 <= linear[0] < 0.15 and 0.08 <= linear[1] < 0.2
-    assert all(0.04 <= gap < 0.15 for gap in constant)
+    assert 0.04 <= linear[0] and 0.08 <= linear[1] < 0.5  # linear: delay, then 2 x delay
+    assert len(constant) == 2 and all(0.2 <= gap < 0.35 for gap in constant)  # linear would give 0.4
 
 
 async def test_succeeds_after_failures(make_engine: Make) -> None:
