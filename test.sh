@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[app,dev]'
+.venv/bin/python -m pip install -q -e '.[app,dev,ops]'
 
 # PostgreSQL: the tests run against the local server; start it if it is down.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then

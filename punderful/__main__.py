@@ -1,0 +1,150 @@
+"""Command line: ``python -m punderful`` serves the app; ``python -m punderful import`` imports puns.
+
+    python -m punderful [--host 127.0.0.1] [--port 8787] [--db URL] [--data-dir DIR]
+                        [--moderation auto|local|openai|off] [--no-workers]
+    python -m punderful import [--limit N] [--wait] [--db URL] [--data-dir DIR]
+
+``serve`` runs the web app, the engine's workers and (when the installed Perdure has it) the
+Perdure dashboard in one process, and prints the URL. ``--port 0`` picks a free port.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from punderful.config import MODERATION_MODES, Config, ConfigError
+
+__all__ = ["main"]
+
+
+def _common(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    # The same options on the main parser and on each sub-command; the sub-commands' copies
+    # default to SUPPRESS so they do not overwrite a value given before the sub-command.
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--db", default=default, help="engine database URL (sqlite:///file.db or postgresql://...)")
+    parser.add_argument("--data-dir", default=default, type=Path, help="directory for the SQLite files")
+    parser.add_argument("--moderation", default=default, choices=MODERATION_MODES, help="content moderation mode")
+    parser.add_argument("-v", "--verbose", default=argparse.SUPPRESS if suppress else False, action="store_true")
+
+
+def _serve_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("--host", default=default("127.0.0.1"), help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--port", default=default(8787), type=int, help="port (default 8787, wrangler dev's; 0 = any free port)"
+    )
+    parser.add_argument(
+        "--no-workers",
+        default=default(False),
+        action="store_true",
+        help="serve only; let other processes run the workflows",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for tests and ``--help``)."""
+    parser = argparse.ArgumentParser(prog="python -m punderful", description="Punderful: puns, durably published.")
+    _common(parser, suppress=False)
+    _serve_options(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command")
+    serve = commands.add_parser("serve", help="run the web app and the workers (the default)")
+    _common(serve, suppress=True)
+    _serve_options(serve, suppress=True)
+    importer = commands.add_parser("import", help="import the bundled pun data set through create_batch")
+    _common(importer, suppress=True)
+    importer.add_argument("--limit", type=int, default=None, help="import only the first N puns")
+    importer.add_argument("--wait", action="store_true", help="run the workers here and wait until all are published")
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    return Config.from_env(
+        data_dir=args.data_dir,
+        db_url=args.db,
+        moderation=args.moderation,
+        host=getattr(args, "host", None),
+        port=getattr(args, "port", None),
+        workers=False if getattr(args, "no_workers", False) else None,
+    )
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT/SIGTERM: the workers stop after the web server, and running instances
+    resume from their last finished step on the next start."""
+    import uvicorn
+
+    from punderful.app import Punderful
+
+    # Bound here rather than by uvicorn so that the printed URL has the real port (--port 0).
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(128)
+    app = Punderful(config)
+    server = uvicorn.Server(uvicorn.Config(app.asgi, lifespan="off", log_level="warning", access_log=False))
+    async with app:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        # uvicorn exposes start-up only as a flag, so it is polled (briefly, once).
+        while not server.started and not task.done():  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        if server.started:
+            host, port = sock.getsockname()[:2]
+            shown = f"[{host}]" if family == socket.AF_INET6 else host
+            print(f"Punderful is running at http://{shown}:{port}/", flush=True)
+            if app.perdure_mount:
+                print(f"Workflows dashboard: http://{shown}:{port}{app.perdure_mount}/dashboard/", flush=True)
+            print(f"Data: {config.engine_url}", flush=True)
+        await task
+
+
+def run_import(config: Config, limit: int | None, wait: bool) -> int:
+    """The ``import`` sub-command; prints a summary line."""
+    from punderful.importer import import_puns
+
+    if limit is not None and limit < 1:
+        print("--limit must be at least 1", file=sys.stderr)
+        return 2
+    result = asyncio.run(import_puns(config, limit=limit, wait=wait))
+    statuses = ", ".join(f"{n} {s}" for s, n in sorted(result.statuses.items()))
+    print(
+        f"{result.total} puns in the data set: {result.new_instances} new publish instances, "
+        f"{result.total - result.new_instances} already imported; now {statuses or 'nothing stored'}.",
+        flush=True,
+    )
+    if not wait and result.statuses.get("draft"):
+        print("Drafts publish in the background while `python -m punderful` runs on this database.", flush=True)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        config = _config(args)
+    except ConfigError as exc:
+        print(f"punderful: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "import":
+        return run_import(config, args.limit, args.wait)
+    try:
+        asyncio.run(serve(config))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Punderful in a real browser: headless Chromium driven by Selenium against ``python -m punderful``.
+
+A person's path through the app: write a pun in the form (watching the live preview), submit
+it, watch it go from draft to published without reloading, find it by meaning on the search
+page, open it, and see its "Similar Puns". The site is first seeded with part of the bundled
+data set through ``python -m punderful import``, run while the server is up (the server's
+workers publish what the import queued). Screenshots go to ``test-artifacts/`` (gitignored).
+
+Needs Debian's ``chromium`` and ``chromium-driver`` and the ``selenium`` package. Without them
+the test is skipped on a developer machine but fails in CI (``CI`` set), so a CI run can never
+pass without having driven the browser.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.punderful.test_app_helpers import ROOT, ServerProcess
+
+pytestmark = pytest.mark.slow
+
+ARTIFACTS = ROOT / "test-artifacts"
+PUN_SETUP = "The penguin opened a bakery."
+PUN = f"{PUN_SETUP}\nIts frozen croissants were a cool success."
+QUERY = "antarctic bird bread shop"  # shares no word with the pun
+SEED = 20
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"browser test cannot run in CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        _missing("selenium is not installed (pip install selenium)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver_path = shutil.which("chromedriver") or "/usr/lib/chromium/chromedriver"
+    if chromium is None or not Path(driver_path).exists():
+        _missing("chromium / chromium-driver are not installed (apt-get install -y chromium chromium-driver)")
+    profile = Path(os.environ.get("TMPDIR", "/tmp")) / f"punderful-chromium-{os.getpid()}"
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(chromium)
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    # An explicit driver path: Selenium Manager would otherwise try to download one.
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    driver.set_page_load_timeout(30)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+def shot(driver: Any, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    driver.save_screenshot(str(ARTIFACTS / f"punderful-{name}.png"))
+
+
+def wait_for(driver: Any, condition: Any, timeout: float = 30, what: str = "condition") -> Any:
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(condition, message=f"waiting for {what}")
+
+
+def seed(data_dir: Path, url: str) -> None:
+    """Import part of the data set while the server runs; its workers publish them."""
+    subprocess.run(
+        [sys.executable, "-m", "punderful", "import", "--limit", str(SEED), "--data-dir", str(data_dir)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("PUNDERFUL_", "OPENAI_"))},
+    )
+    deadline = time.monotonic() + 120
+    with httpx.Client(base_url=url) as http:
+        while len(http.get("/api/puns", params={"limit": 100}).json()["results"]) < SEED:
+            assert time.monotonic() < deadline, "the imported puns were not published"
+            time.sleep(0.2)
+
+
+def test_write_publish_search_open_and_see_similar_puns(browser: Any, tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, log=tmp_path / "server.log")
+    try:
+        seed(data_dir, server.url)
+        driver = browser
+
+        # Write the pun: the preview follows the typing.
+        driver.get(server.url + "new")
+        textarea = driver.find_element(By.CSS_SELECTOR, "textarea[placeholder='Enter your pun here...']")
+        textarea.send_keys(PUN_SETUP)
+        wait_for(driver, lambda d: PUN_SETUP in d.find_element(By.ID, "preview").text, what="the live preview")
+        textarea.send_keys("\nIts frozen croissants were a cool success.")
+        wait_for(
+            driver, lambda d: "cool success" in d.find_element(By.ID, "preview").text, what="the punchline preview"
+        )
+        shot(driver, "1-new-preview")
+
+        # Submit, and watch it publish without a reload.
+        driver.find_element(By.XPATH, "//button[normalize-space()='Submit Pun']").click()
+        status = wait_for(driver, lambda d: d.find_element(By.ID, "submission-status"), what="the status panel")
+        wait_for(driver, lambda d: status.text == "published", timeout=60, what="the pun to be published")
+        steps = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "#submission-steps li")]
+        assert "update-status-to-published" in steps
+        pun_url = driver.find_element(By.ID, "submission-link").get_attribute("href")
+        workflow_url = driver.find_element(By.ID, "submission-workflow").get_attribute("href")
+        pun_id = pun_url.rstrip("/").rsplit("/", 1)[-1]
+        assert pun_id in workflow_url
+        shot(driver, "2-new-published")
+
+        # The workflow link opens a page describing the instance.
+        with httpx.Client() as http:
+            assert http.get(workflow_url).status_code == 200
+
+        # Find it by meaning, typing like a person (results appear after the debounce).
+        driver.get(server.url + "search")
+        search = driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search for a pun...']")
+        for char in QUERY:
+            search.send_keys(char)
+            time.sleep(0.03)
+        first = wait_for(
+            driver,
+            lambda d: (cards := d.find_elements(By.CSS_SELECTOR, "#search-results .pun-card")) and cards[0],
+            what="search results",
+        )
+        assert first.get_attribute("data-pun-id") == pun_id, "the pun is the best match"
+        assert PUN_SETUP in first.text
+        shot(driver, "3-search")
+
+        # Open it and see similar puns.
+        first.find_element(By.CSS_SELECTOR, "a.open").click()
+        wait_for(driver, lambda d: d.current_url.endswith(f"/puns/{pun_id}"), what="the pun page")
+        assert PUN_SETUP in driver.find_element(By.CSS_SELECTOR, ".pun-full").text
+        assert driver.find_element(By.ID, "pun-status").text == "published"
+        similar = wait_for(
+            driver,
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#similar .pun-card"),
+            what="similar puns",
+        )
+        assert pun_id not in [card.get_attribute("data-pun-id") for card in similar]
+        driver.find_element(By.CSS_SELECTOR, ".pun-detail button.like").click()
+        wait_for(
+            driver,
+            lambda d: d.find_element(By.CSS_SELECTOR, ".pun-detail .likes").text == "1",
+            what="the like to count",
+        )
+        shot(driver, "4-pun-similar")
+
+        # My page lists it, and my like.
+        driver.get(server.url + "me")
+        created = driver.find_element(By.ID, "created")
+        assert pun_id in [c.get_attribute("data-pun-id") for c in created.find_elements(By.CSS_SELECTOR, ".pun-card")]
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#liked .pun-card") or d.refresh(), what="my likes")
+        shot(driver, "5-me")
+
+        # And the home page shows it among the latest.
+        driver.get(server.url)
+        latest = driver.find_element(By.ID, "latest").find_elements(By.CSS_SELECTOR, ".pun-card")
+        assert latest[0].get_attribute("data-pun-id") == pun_id
+        shot(driver, "6-home")
+    finally:
+        server.stop()
