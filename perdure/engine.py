@@ -185,6 +185,7 @@ class Engine:
         self._stopping = False
         self._nudge = asyncio.Event()
         loop = asyncio.get_running_loop()
+
         def on_change() -> None:
             loop.call_soon_threadsafe(self._external_change)
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import validators
 from .binding import Instance, WorkflowBinding
-from .errors import InstanceNotFoundError, ValidationError, WorkflowNotFoundError
+from .errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
 from .serde import public_error
 from .store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord
 
@@ -38,6 +38,10 @@ STEP_TYPES = {DO: "step", SLEEP: "sleep", WAIT: "waitForEvent"}
 ACTIONS = ("pause", "resume", "terminate", "restart")
 MAX_LIST_LIMIT = 1000
 DEFAULT_LIST_LIMIT = 50
+
+
+class StepNotFoundError(PerdureError, LookupError):
+    """``restart(from_step=...)`` names a step the instance does not have."""
 
 
 # -- formatting ---------------------------------------------------------------------------------
@@ -232,13 +236,16 @@ def decode_cursor(token: str | None) -> str | None:
     if len(token) > 400:
         raise ValidationError("cursor is not one this server issued (too long)")
     try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        decoded = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ValidationError(f"cursor {token[:40]!r} is not one this server issued") from None
+        decoded = ""
+    if not decoded or not decoded.isprintable():
+        raise ValidationError(f"cursor {token[:40]!r} is not one this server issued")
+    return decoded
 
 
 def check_status(status: object) -> str | None:
-    if status is None or status == "":
+    if status is None:
         return None
     if status not in STATUSES:
         raise ValidationError(f"status {str(status)[:60]!r} is not one of: {', '.join(STATUSES)}")
@@ -246,7 +253,7 @@ def check_status(status: object) -> str | None:
 
 
 def check_limit(limit: object) -> int:
-    if limit is None or limit == "":
+    if limit is None:
         return DEFAULT_LIST_LIMIT
     try:
         value = int(str(limit))
@@ -269,13 +276,15 @@ def parse_from_step(value: object) -> dict[str, Any] | None:
     result: dict[str, Any] = {"name": validators.step_name(value.get("name"))}
     if "count" in value:
         count = value["count"]
+        if isinstance(count, float) and count.is_integer():  # JSON Schema: 3.0 is an integer
+            count = int(count)
         if isinstance(count, bool) or not isinstance(count, int) or count < 1:
             raise ValidationError(f"from_step count must be an integer >= 1, got {count!r}")
         result["count"] = count
     if "type" in value:
         kind = value["type"]
         kinds = {"do": DO, "step": DO, "sleep": SLEEP, "waitForEvent": WAIT}
-        if kind not in kinds:
+        if not isinstance(kind, str) or kind not in kinds:
             raise ValidationError(f"from_step type must be one of do, sleep, waitForEvent, got {kind!r}")
         result["type"] = kinds[str(kind)]
     return result
@@ -373,8 +382,10 @@ class Operations:
         store = await self.engine.ensure_store()
         try:
             page = await store.list_instances(name, status=wanted, cursor=store_cursor, limit=size)
-        except (ValueError, TypeError, OverflowError):
-            raise ValidationError("cursor is not one this server issued") from None
+        except Exception as exc:
+            if store_cursor is not None and _bad_value(exc):  # a forged cursor the store cannot use
+                raise ValidationError("cursor is not one this server issued") from None
+            raise
         return {"instances": [instance_summary(r) for r in page.items], "next_cursor": encode_cursor(page.next_cursor)}
 
     async def get_record(self, name: str, instance_id: str) -> InstanceRecord:
@@ -419,6 +430,14 @@ class Operations:
         elif action == "terminate":
             await instance.terminate()
         else:
+            if step is not None:
+                key = (step.get("type", DO), step["name"], step.get("count", 1))
+                store = await self.engine.ensure_store()
+                if not any(s.key == key for s in await store.load_steps(instance.pk)):
+                    kind = STEP_TYPES.get(key[0], key[0])
+                    raise StepNotFoundError(
+                        f"instance {instance.id!r} has no {kind} step {key[1]!r} #{key[2]} to restart from"
+                    )
             await instance.restart(step)
         return await self._summary(instance)
 
@@ -436,6 +455,16 @@ async def _create(binding: WorkflowBinding, items: list[Any], *, skip_existing: 
         if not isinstance(item, Mapping):
             raise ValidationError(f"an instance to create must be an object {{id?, params?}}, got {_json_type(item)}")
     return await binding._create_many(items, skip_existing=skip_existing, trigger=trigger)
+
+
+def _bad_value(exc: Exception) -> bool:
+    if isinstance(exc, (ValueError, TypeError, OverflowError)):
+        return True
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - the PostgreSQL extra is not installed
+        return False
+    return isinstance(exc, psycopg.DataError)
 
 
 def _json_type(value: object) -> str:

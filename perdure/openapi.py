@@ -22,6 +22,7 @@ ERROR_CODES: dict[str, int] = {
     "not_found": 404,
     "workflow_not_found": 404,
     "instance_not_found": 404,
+    "step_not_found": 404,
     "method_not_allowed": 405,
     "instance_exists": 409,
     "invalid_state": 409,
@@ -30,6 +31,7 @@ ERROR_CODES: dict[str, int] = {
 }
 
 ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
+STEP_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no control characters
 HISTORY_TYPES = [
     "WORKFLOW_QUEUED",
     "WORKFLOW_START",
@@ -233,28 +235,54 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "additionalProperties": False,
             "properties": {
-                "id": {"type": "string", "minLength": 1, "maxLength": MAX_INSTANCE_ID, "pattern": ID_PATTERN},
-                "params": {"description": "any JSON value, at most 1 MiB encoded; default {}"},
+                "id": _nullable(
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_INSTANCE_ID,
+                        "pattern": ID_PATTERN,
+                        "description": "instance id; absent or null: a random UUID",
+                    }
+                ),
+                "params": {"description": "any JSON value, at most 1 MiB encoded; absent or null: {}"},
             },
         },
         "StatusChange": {
-            "type": "object",
-            "required": ["status"],
-            "additionalProperties": False,
-            "properties": {
-                "status": {"type": "string", "enum": list(ACTIONS)},
-                "from_step": {
+            "description": "pause, resume or terminate; or restart, optionally from a step",
+            "anyOf": [
+                {
                     "type": "object",
-                    "description": "restart only: keep the results of the steps before this one",
-                    "required": ["name"],
+                    "required": ["status"],
+                    "additionalProperties": False,
+                    "properties": {"status": {"type": "string", "enum": [a for a in ACTIONS if a != "restart"]}},
+                },
+                {
+                    "type": "object",
+                    "required": ["status"],
                     "additionalProperties": False,
                     "properties": {
-                        "name": {"type": "string", "minLength": 1, "maxLength": MAX_STEP_NAME},
-                        "count": {"type": "integer", "minimum": 1},
-                        "type": {"type": "string", "enum": ["do", "sleep", "waitForEvent"]},
+                        "status": {"type": "string", "enum": ["restart"]},
+                        "from_step": _nullable(
+                            {
+                                "type": "object",
+                                "description": "keep the results of the steps before this one (null: from the start)",
+                                "required": ["name"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "name": {
+                                        "type": "string",
+                                        "minLength": 1,
+                                        "maxLength": MAX_STEP_NAME,
+                                        "pattern": STEP_NAME_PATTERN,
+                                    },
+                                    "count": {"type": "integer", "minimum": 1},
+                                    "type": {"type": "string", "enum": ["do", "sleep", "waitForEvent"]},
+                                },
+                            }
+                        ),
                     },
                 },
-            },
+            ],
         },
         "EventAccepted": {
             "type": "object",
@@ -278,7 +306,7 @@ def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
         400: "invalid_json or validation_error: the message says what was wrong",
         401: "unauthorized: a bearer token is required and was missing or wrong",
         403: "forbidden_origin: a state-changing request from another web origin",
-        404: "workflow_not_found, instance_not_found or not_found",
+        404: "workflow_not_found, instance_not_found, step_not_found (restart from_step) or not_found",
         405: "method_not_allowed",
         409: "instance_exists or invalid_state",
         413: "payload_too_large: the body is over the limit (1 MiB plus a small margin)",
@@ -404,6 +432,7 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                                             "maxItems": MAX_BATCH,
                                             "items": _ref("CreateInstance"),
                                         },
+                                        {"type": "null", "description": "same as an empty body: {}"},
                                     ]
                                 }
                             }

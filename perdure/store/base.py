@@ -179,7 +179,8 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def release(self, pk: int, epoch: int, now: float) -> None:
-        """Give an instance back without a wake time (the worker is stopping): it is runnable."""
+        """Give a running instance back (the worker is stopping): it is runnable at once.
+        An instance that is no longer running (it finished or suspended) is left alone."""
 
     @abc.abstractmethod
     async def finish(

@@ -632,6 +632,8 @@ class SQLiteStore(Store):
     async def release(self, pk: int, epoch: int, now: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
             status = _fence(conn, pk, epoch)
+            if status not in (RUNNING, WAITING_FOR_PAUSE):  # it finished or suspended meanwhile
+                return
             if status == WAITING_FOR_PAUSE:
                 new_status, due, paused_at = PAUSED, None, now
             else:  # due at once, and ahead of queued instances: it was already running

@@ -34,3 +34,22 @@ async def test_woken_instances_are_claimed_before_queued_ones_and_writes_are_fen
         assert [len(created)] == [3]
     finally:
         await store.close()
+
+
+async def test_release_leaves_a_finished_instance_alone(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    try:
+        await store.create_instances("wf", [NewInstance("done", "{}")], now=1.0, skip_existing=False)
+        (claimed,) = await store.claim("w1", 1, now=2.0, lease_until=10.0, workflows=["wf"])
+        await store.finish(claimed.pk, claimed.epoch, "complete", "1", None, now=3.0)
+        await store.release(claimed.pk, claimed.epoch, now=4.0)  # a stop that raced the finish
+        record = await store.get_instance("wf", "done")
+        assert record is not None and record.status == "complete" and record.output == 1
+        await store.create_instances("wf", [NewInstance("busy", "{}")], now=5.0, skip_existing=False)
+        (running,) = await store.claim("w1", 1, now=6.0, lease_until=10.0, workflows=["wf"])
+        await store.release(running.pk, running.epoch, now=7.0)
+        again = await store.claim("w2", 1, now=7.5, lease_until=10.0, workflows=["wf"])
+        assert [r.id for r in again] == ["busy"]  # a released running instance is runnable at once
+    finally:
+        await store.close()

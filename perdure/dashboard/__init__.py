@@ -1,0 +1,314 @@
+"""The dashboard: server-rendered pages (Jinja2) with a little htmx, under ``/dashboard``.
+
+* ``/dashboard/`` - workflows with their instance counts by status and the last hour's
+  throughput (instances created and finished per minute);
+* ``/dashboard/workflows/{name}`` - instances, newest first, filtered by status or found by
+  id, with a form to trigger a new one;
+* ``/dashboard/workflows/{name}/instances/{id}`` - one instance: status, params, output,
+  error, a Gantt-like timeline (a bar per step, a segment per attempt; output, error, config
+  and attempts in ``<details>``), the event history, and buttons for pause / resume /
+  terminate / restart (also from a given step) and a send-event form.
+
+Pages work without JavaScript (forms post and redirect back). htmx, served from
+``/dashboard/static`` (never a CDN), boosts links and forms into in-page swaps and refreshes
+the live parts while an instance runs. Actions answer with a redirect carrying a one-line
+``flash`` message, so an error (say, terminating a finished instance) shows on the page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode
+
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+
+from ..errors import PerdureError, ValidationError
+from ..inspect import ACTIONS, Operations
+from ..store.base import STATUSES, TERMINAL
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+_LIVE = {"queued", "running", "waitingForPause"}
+
+
+def _ms(value: Any) -> str:
+    """Milliseconds as a short human duration: ``850 ms``, ``2.4 s``, ``3 min 5 s``, ``2 h 1 min``."""
+    if value is None:
+        return "-"
+    ms = int(value)
+    if ms < 1000:
+        return f"{ms} ms"
+    seconds = ms / 1000
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, sec = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    hours, minutes = divmod(minutes, 60)
+    if hours < 48:
+        return f"{hours} h {minutes} min"
+    return f"{hours // 24} d {hours % 24} h"
+
+
+def _time(value: str | None) -> str:
+    """ISO time shown as ``2024-10-22 12:00:01.123`` (UTC)."""
+    return value.replace("T", " ").rstrip("Z") if value else "-"
+
+
+def _pretty(value: Any, limit: int = 20_000) -> str:
+    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+
+
+templates.env.filters["ms"] = _ms
+templates.env.filters["time"] = _time
+templates.env.filters["pretty"] = _pretty
+
+
+async def _form(request: Request) -> dict[str, str]:
+    """An ``application/x-www-form-urlencoded`` body (what the dashboard's forms send) as a dict.
+    Parsed here so the dashboard needs no multipart library; the body limit applies."""
+    body = (await request.body()).decode("utf-8", errors="replace")
+    return dict(parse_qsl(body, keep_blank_values=True))
+
+
+def _ops(request: Request) -> Operations:
+    ops: Operations = request.app.state.ops
+    return ops
+
+
+def _base(request: Request) -> str:
+    return str(request.scope.get("root_path", ""))
+
+
+def _url(request: Request, *parts: str, **query: Any) -> str:
+    path = "/".join(quote(p, safe="") for p in parts)
+    url = f"{_base(request)}/dashboard/{path}"
+    args = {k: v for k, v in query.items() if v not in (None, "")}
+    return f"{url}?{urlencode(args)}" if args else url
+
+
+def _render(request: Request, name: str, context: dict[str, Any], status_code: int = 200) -> Response:
+    context.update(
+        base=_base(request),
+        url=lambda *parts, **query: _url(request, *parts, **query),
+        flash=request.query_params.get("flash"),
+        flash_level=request.query_params.get("level", "info"),
+        statuses=STATUSES,
+        token_required=request.app.state.token is not None,
+    )
+    return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+
+def _error_page(request: Request, exc: Exception, status_code: int) -> Response:
+    return _render(request, "error.html", {"message": str(exc), "title": "Not found"}, status_code)
+
+
+async def workflows_page(request: Request) -> Response:
+    ops = _ops(request)
+    metrics = request.app.state.metrics
+    await metrics.refresh()
+    workflows = await ops.list_workflows()
+    now = time.time()
+    for workflow in workflows:
+        series = metrics.throughput.recent(workflow["name"], now)
+        workflow["throughput"] = series
+        workflow["recent"] = metrics.throughput.totals(workflow["name"], now)
+        workflow["peak"] = max([1] + [b["created"] + b["complete"] + b["errored"] for b in series])
+    return _render(request, "workflows.html", {"workflows": workflows, "title": "Workflows"})
+
+
+async def instances_page(request: Request) -> Response:
+    ops = _ops(request)
+    name = request.path_params["name"]
+    query = request.query_params
+    search = (query.get("id") or "").strip()
+    status = query.get("status") or None
+    try:
+        workflow = await ops.describe_workflow(name)
+        error = None
+        if search:
+            try:
+                page: dict[str, Any] = {"instances": [_summary(await ops.describe(name, search))], "next_cursor": None}
+            except PerdureError as exc:
+                page, error = {"instances": [], "next_cursor": None}, str(exc)
+        else:
+            page = await ops.list_instances(
+                name, status=status, cursor=query.get("cursor") or None, limit=query.get("limit") or None
+            )
+    except ValidationError as exc:
+        return _error_page(request, exc, 400)
+    except PerdureError as exc:
+        return _error_page(request, exc, 404)
+    context = {
+        "workflow": workflow,
+        "page": page,
+        "status": status or "",
+        "search": search,
+        "search_error": error,
+        "title": name,
+    }
+    return _render(request, "instances.html", context)
+
+
+def _summary(detail: dict[str, Any]) -> dict[str, Any]:
+    keys = ("id", "workflow", "status", "trigger", "queued", "start", "end", "duration_ms", "error")
+    return {k: detail[k] for k in keys}
+
+
+def _timeline(detail: dict[str, Any]) -> dict[str, Any]:
+    """Bar geometry (percentages of the instance's span) for each step and attempt."""
+    from datetime import datetime
+
+    def ts(value: str | None) -> float | None:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else None
+
+    now = time.time()
+    starts = [ts(detail["queued"])] + [ts(s["start"]) for s in detail["steps"]]
+    t0 = min(t for t in starts if t is not None)
+    ends = [ts(detail["end"]) or now] + [ts(s["end"]) or now for s in detail["steps"]]
+    t1 = max([t0 + 0.001] + [t for t in ends if t is not None])
+    span = t1 - t0
+
+    def bar(start: str | None, end: str | None) -> dict[str, float]:
+        a = ts(start) or t0
+        b = ts(end) or (now if detail["status"] not in TERMINAL else a)
+        left = max(0.0, min(100.0, (a - t0) / span * 100))
+        width = max(0.4, min(100.0 - left, (max(b, a) - a) / span * 100))
+        return {"left": round(left, 3), "width": round(width, 3)}
+
+    rows = []
+    for step in detail["steps"]:
+        rows.append(
+            {
+                "step": step,
+                "bar": bar(step["start"], step["end"]),
+                "attempts": [
+                    {"attempt": a, "number": i, "bar": bar(a["start"], a["end"])}
+                    for i, a in enumerate(step["attempts"], start=1)
+                ],
+            }
+        )
+    return {"rows": rows, "span_ms": round(span * 1000), "start": detail["queued"]}
+
+
+async def instance_page(request: Request) -> Response:
+    ops = _ops(request)
+    name, instance_id = request.path_params["name"], request.path_params["id"]
+    try:
+        detail = await ops.describe(name, instance_id)
+    except ValidationError as exc:
+        return _error_page(request, exc, 400)
+    except PerdureError as exc:
+        return _error_page(request, exc, 404)
+    context = {
+        "workflow_name": name,
+        "detail": detail,
+        "timeline": _timeline(detail),
+        "live": detail["status"] in _LIVE,
+        "actions": ACTIONS,
+        "title": f"{name} / {detail['id']}",
+    }
+    return _render(request, "instance.html", context)
+
+
+def _back(request: Request, *parts: str, flash: str, level: str = "info") -> RedirectResponse:
+    return RedirectResponse(_url(request, *parts, flash=flash, level=level), status_code=303)
+
+
+async def instance_action(request: Request) -> Response:
+    ops = _ops(request)
+    name, instance_id = request.path_params["name"], request.path_params["id"]
+    form = await _form(request)
+    action = str(form.get("action", ""))
+    from_step = None
+    if form.get("from_step_name"):
+        count = str(form.get("from_step_count") or "1")
+        from_step = {
+            "name": str(form["from_step_name"]),
+            "count": int(count) if count.isdigit() else count,  # a non-number is refused with a message
+            "type": str(form.get("from_step_type") or "do"),
+        }
+    try:
+        summary = await ops.control(name, instance_id, action, from_step=from_step)
+    except PerdureError as exc:
+        return _back(request, "workflows", name, "instances", instance_id, flash=str(exc), level="error")
+    return _back(
+        request, "workflows", name, "instances", instance_id, flash=f"{action}: the instance is {summary['status']}"
+    )
+
+
+async def instance_event(request: Request) -> Response:
+    ops = _ops(request)
+    name, instance_id = request.path_params["name"], request.path_params["id"]
+    form = await _form(request)
+    event_type = str(form.get("type", "")).strip()
+    raw = str(form.get("payload", "")).strip()
+    parts = ("workflows", name, "instances", instance_id)
+    try:
+        payload = json.loads(raw) if raw else None
+    except ValueError as exc:
+        return _back(request, *parts, flash=f"the payload is not valid JSON: {exc}", level="error")
+    try:
+        await ops.send_event(name, instance_id, event_type, payload)
+    except PerdureError as exc:
+        return _back(request, *parts, flash=str(exc), level="error")
+    return _back(request, *parts, flash=f"event {event_type!r} sent")
+
+
+async def trigger(request: Request) -> Response:
+    ops = _ops(request)
+    name = request.path_params["name"]
+    form = await _form(request)
+    raw = str(form.get("params", "")).strip()
+    body: dict[str, Any] = {}
+    if str(form.get("id", "")).strip():
+        body["id"] = str(form["id"]).strip()
+    try:
+        if raw:
+            body["params"] = json.loads(raw)
+        created = await ops.create(name, body, trigger="api")
+    except ValueError as exc:  # bad JSON or a ValidationError
+        return _back(request, "workflows", name, flash=str(exc), level="error")
+    except PerdureError as exc:
+        return _back(request, "workflows", name, flash=str(exc), level="error")
+    assert isinstance(created, dict)
+    return _back(request, "workflows", name, "instances", created["id"], flash="instance queued")
+
+
+async def login(request: Request) -> Response:
+    token = request.app.state.token
+    if request.method == "POST":
+        form = await _form(request)
+        presented = str(form.get("token", ""))
+        import hmac
+
+        if token is not None and hmac.compare_digest(presented.encode(), token.encode()):
+            response = RedirectResponse(_url(request), status_code=303)
+            response.set_cookie(
+                "perdure_token", presented, httponly=True, samesite="strict", secure=request.url.scheme == "https"
+            )
+            return response
+        return _render(request, "login.html", {"title": "Sign in", "failed": True}, 401)
+    return _render(request, "login.html", {"title": "Sign in", "failed": False})
+
+
+def dashboard_routes() -> list[BaseRoute]:
+    instance = "/dashboard/workflows/{name}/instances/{id}"
+    return [
+        Route("/dashboard/", workflows_page, methods=["GET"]),
+        Route("/dashboard/login", login, methods=["GET", "POST"]),
+        Route("/dashboard/workflows/{name}", instances_page, methods=["GET"]),
+        Route("/dashboard/workflows/{name}/trigger", trigger, methods=["POST"]),
+        Route(instance, instance_page, methods=["GET"]),
+        Route(instance + "/action", instance_action, methods=["POST"]),
+        Route(instance + "/event", instance_event, methods=["POST"]),
+        Mount("/dashboard/static", app=StaticFiles(directory=str(HERE / "static")), name="dashboard-static"),
+    ]
