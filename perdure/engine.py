@@ -20,6 +20,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -321,13 +322,29 @@ class Engine:
                 task.cancel()
 
     async def _lease_loop(self) -> None:
+        """Renew the leases of running instances every third of ``lease_ttl``. A worker that
+        cannot renew for half of it gives its runs up before another worker may take
+        them over, so one instance never runs in two places."""
+        renewed = time.monotonic()
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
-            if self._running:
-                try:
+            if not self._running:
+                renewed = time.monotonic()
+                continue
+            try:
+                async with asyncio.timeout(self.lease_ttl / 3):
                     await self.store.renew_leases(self.owner, list(self._running), self.clock.now() + self.lease_ttl)
-                except Exception:
-                    log.exception("perdure could not renew its leases; retrying")
+                renewed = time.monotonic()
+            except Exception:
+                log.exception("perdure could not renew its leases; retrying")
+                if time.monotonic() - renewed > self.lease_ttl / 2:
+                    log.warning(
+                        "perdure: leases not renewed for %.1fs; giving up %d runs",
+                        time.monotonic() - renewed,
+                        len(self._running),
+                    )
+                    for _, task in self._running.values():
+                        task.cancel()
 
     async def _expire_dead_local_owners(self) -> None:
         """Instances held by a process on this host that no longer exists are claimable now,
@@ -342,6 +359,9 @@ class Engine:
             await self.store.expire_leases(dead)
 
     def _launch(self, record: InstanceRecord) -> None:
+        previous = self._running.get(record.pk)
+        if previous is not None:  # we reclaimed our own instance after its lease ran out
+            previous[1].cancel()
         task = asyncio.create_task(self._execute(record), name=f"perdure-{record.workflow}-{record.id}")
         self._running[record.pk] = (record.epoch, task)
 

@@ -19,7 +19,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InstanceAlreadyExistsError, InvalidStateError, PerdureError, ValidationError
+from ..errors import (
+    InstanceAlreadyExistsError,
+    InstanceNotFoundError,
+    InvalidStateError,
+    PerdureError,
+    ValidationError,
+)
 from .base import (
     COMPLETE,
     PAUSED,
@@ -155,6 +161,14 @@ def _step(row: tuple[Any, ...]) -> StepRecord:
 
 def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
     conn.execute("INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, _dumps(data)))
+
+
+def _row(conn: sqlite3.Connection, columns: str, pk: int) -> tuple[Any, ...]:
+    """Columns of one instance, for a control call; an unknown pk is InstanceNotFoundError."""
+    row = conn.execute(f"SELECT {columns} FROM instances WHERE pk = ?", (pk,)).fetchone()
+    if row is None:
+        raise InstanceNotFoundError(f"no instance with internal id {pk}")
+    return tuple(row)
 
 
 def _fence(conn: sqlite3.Connection, pk: int, epoch: int) -> str:
@@ -670,7 +684,7 @@ class SQLiteStore(Store):
     # -- control ---------------------------------------------------------------------------------
     async def pause(self, pk: int, now: float) -> str:
         def op(conn: sqlite3.Connection) -> str:
-            (status,) = conn.execute("SELECT status FROM instances WHERE pk = ?", (pk,)).fetchone()
+            (status,) = _row(conn, "status", pk)
             if status == RUNNING:
                 status = WAITING_FOR_PAUSE
                 conn.execute("UPDATE instances SET status = ? WHERE pk = ?", (status, pk))
@@ -684,9 +698,7 @@ class SQLiteStore(Store):
 
     async def resume(self, pk: int, now: float) -> str:
         def op(conn: sqlite3.Connection) -> str:
-            status, wake_at, paused_at, wake_requested = conn.execute(
-                "SELECT status, wake_at, paused_at, wake_requested FROM instances WHERE pk = ?", (pk,)
-            ).fetchone()
+            status, wake_at, paused_at, wake_requested = _row(conn, "status, wake_at, paused_at, wake_requested", pk)
             if status == WAITING_FOR_PAUSE:
                 status = RUNNING
                 conn.execute("UPDATE instances SET status = ? WHERE pk = ?", (status, pk))
@@ -712,7 +724,7 @@ class SQLiteStore(Store):
 
     async def terminate(self, pk: int, now: float) -> str:
         def op(conn: sqlite3.Connection) -> str:
-            (status,) = conn.execute("SELECT status FROM instances WHERE pk = ?", (pk,)).fetchone()
+            (status,) = _row(conn, "status", pk)
             if status in TERMINAL:
                 raise InvalidStateError(f"cannot terminate an instance that is already {status}")
             conn.execute(
@@ -762,7 +774,7 @@ class SQLiteStore(Store):
 
     async def send_event(self, pk: int, event_type: str, payload_json: str, now: float) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            status, wait_types = conn.execute("SELECT status, wait_types FROM instances WHERE pk = ?", (pk,)).fetchone()
+            status, wait_types = _row(conn, "status, wait_types", pk)
             if status in TERMINAL:
                 raise InvalidStateError(f"cannot send an event to an instance that is {status}")
             conn.execute(

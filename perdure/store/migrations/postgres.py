@@ -1,0 +1,161 @@
+"""The PostgreSQL schema, as numbered migrations.
+
+Each migration is a list of statements that run in one transaction together with the row that
+records it in ``<schema>.schema_migrations``. :func:`migrate` holds a transaction-level advisory
+lock named after the schema while it checks and applies them, so when twenty workers start at
+once exactly one of them creates the tables and the others find them done.
+
+Rules for new migrations: append, never edit a released one (databases in the field already ran
+it); keep each one safe to run while older workers are connected (add columns with defaults, add
+indexes, do not rename).
+
+Layout (migration 1) mirrors the SQLite backend table by table, with PostgreSQL types:
+``pk``/``seq`` are ``BIGSERIAL``; JSON values are ``TEXT`` holding exactly the encoded text the
+engine produced (``JSONB`` would reorder keys and normalise numbers, and a step's replayed value
+must equal the value first returned); timestamps are ``DOUBLE PRECISION`` seconds since the
+epoch, as the engine's clock gives them.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from psycopg import AsyncConnection, sql
+
+from ...errors import PerdureError
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    description: str
+    statements: tuple[str, ...]  # ``{s}`` stands for the quoted schema name
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "instances, steps, events, history",
+        (
+            # fillfactor < 100 leaves room on each page so the frequent updates of an instance
+            # (claim, lease renewal, suspend) and of a step (attempt start, result) can be HOT
+            # updates that do not touch the indexes.
+            """CREATE TABLE {s}.instances (
+                pk BIGSERIAL PRIMARY KEY,
+                workflow TEXT NOT NULL,
+                id TEXT NOT NULL,
+                status TEXT NOT NULL,
+                params TEXT NOT NULL,
+                trigger TEXT NOT NULL,
+                schedule TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                started_at DOUBLE PRECISION,
+                ended_at DOUBLE PRECISION,
+                output TEXT,
+                error TEXT,
+                wake_at DOUBLE PRECISION,
+                wait_types TEXT,
+                wake_requested BOOLEAN NOT NULL DEFAULT FALSE,
+                paused_at DOUBLE PRECISION,
+                epoch BIGINT NOT NULL DEFAULT 0,
+                owner TEXT,
+                lease_until DOUBLE PRECISION,
+                UNIQUE (workflow, id)
+            ) WITH (fillfactor = 80)""",
+            "CREATE INDEX ix_instances_runnable ON {s}.instances (status, wake_at)",
+            "CREATE INDEX ix_instances_list ON {s}.instances (workflow, status, pk)",
+            "CREATE INDEX ix_instances_newest ON {s}.instances (workflow, pk)",
+            "CREATE INDEX ix_instances_owner ON {s}.instances (owner) WHERE owner IS NOT NULL",
+            # The two other claim queries: queued instances oldest first, and expired leases.
+            "CREATE INDEX ix_instances_queued ON {s}.instances (pk) WHERE status = 'queued'",
+            "CREATE INDEX ix_instances_leased ON {s}.instances (lease_until)"
+            " WHERE status IN ('running', 'waitingForPause')",
+            """CREATE TABLE {s}.steps (
+                seq BIGSERIAL PRIMARY KEY,
+                instance_pk BIGINT NOT NULL,
+                kind TEXT NOT NULL,
+                name TEXT NOT NULL,
+                count INTEGER NOT NULL,
+                status TEXT NOT NULL,
+                config TEXT,
+                attempts TEXT NOT NULL,
+                result TEXT,
+                error TEXT,
+                started_at DOUBLE PRECISION NOT NULL,
+                ended_at DOUBLE PRECISION,
+                wake_at DOUBLE PRECISION,
+                UNIQUE (instance_pk, kind, name, count)
+            ) WITH (fillfactor = 80)""",
+            """CREATE TABLE {s}.events (
+                pk BIGSERIAL PRIMARY KEY,
+                instance_pk BIGINT NOT NULL,
+                type TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                consumed_by BIGINT
+            )""",
+            "CREATE INDEX ix_events_pending ON {s}.events (instance_pk, type, consumed_by, pk)",
+            """CREATE TABLE {s}.history (
+                seq BIGSERIAL PRIMARY KEY,
+                instance_pk BIGINT NOT NULL,
+                type TEXT NOT NULL,
+                ts DOUBLE PRECISION NOT NULL,
+                data TEXT
+            )""",
+            "CREATE INDEX ix_history_instance ON {s}.history (instance_pk, seq)",
+        ),
+    ),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+
+class SchemaTooNewError(PerdureError):
+    """The database was migrated by a newer Perdure than this one."""
+
+
+def _statement(template: str, schema: str) -> sql.Composed:
+    # Statements are trusted constants of this module; only the schema name is interpolated,
+    # quoted as an identifier.
+    return sql.SQL(template).format(s=sql.Identifier(schema))
+
+
+async def migrate(conn: AsyncConnection[tuple[object, ...]], schema: str) -> list[int]:
+    """Bring ``schema`` up to :data:`LATEST`; return the versions applied now (often none).
+
+    ``conn`` must be in autocommit mode; this opens and commits its own transaction.
+    """
+    applied: list[int] = []
+    async with conn.transaction():
+        # Serialise concurrent starters on this schema (released at commit).
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"perdure.migrate.{schema}",))
+        await conn.execute(_statement("CREATE SCHEMA IF NOT EXISTS {s}", schema))
+        await conn.execute(
+            _statement(
+                "CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+                " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)",
+                schema,
+            )
+        )
+        cur = await conn.execute(_statement("SELECT COALESCE(MAX(version), 0) FROM {s}.schema_migrations", schema))
+        row = await cur.fetchone()
+        current = int(row[0]) if row is not None else 0  # type: ignore[call-overload]
+        if current > LATEST:
+            raise SchemaTooNewError(
+                f"schema {schema!r} is at migration {current}, but this Perdure knows only up to {LATEST}: "
+                "upgrade Perdure, or use another schema"
+            )
+        for migration in MIGRATIONS:
+            if migration.version <= current:
+                continue
+            for statement in migration.statements:
+                await conn.execute(_statement(statement, schema))
+            await conn.execute(
+                _statement(
+                    "INSERT INTO {s}.schema_migrations (version, description, applied_at) VALUES (%s, %s, %s)", schema
+                ),
+                (migration.version, migration.description, time.time()),
+            )
+            applied.append(migration.version)
+    return applied

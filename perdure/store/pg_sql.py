@@ -1,0 +1,215 @@
+"""The SQL that carries the PostgreSQL store's load, and row conversion.
+
+The hot statements are single round trips: each folds what the SQLite backend does in several
+statements inside one transaction into one statement (CTEs, ``FOR UPDATE SKIP LOCKED``, and
+``RETURNING``), so that a lone write needs no ``BEGIN``/``COMMIT`` either. ``{s}`` stands for
+the quoted schema name (see ``PostgresStore._q``). Rows use the SQLite backend's encoding:
+JSON as compact text, timestamps as float seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .base import InstanceRecord, StepRecord
+
+INSTANCE_COLUMNS = (
+    "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
+    "output, error, wake_at, schedule, owner"
+)
+STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
+
+# -- row conversion ------------------------------------------------------------------------------
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def instance_from_row(row: tuple[Any, ...]) -> InstanceRecord:
+    return InstanceRecord(
+        pk=row[0],
+        workflow=row[1],
+        id=row[2],
+        status=row[3],
+        params=json.loads(row[4]),
+        trigger=row[5],
+        created_at=row[6],
+        epoch=row[7],
+        started_at=row[8],
+        ended_at=row[9],
+        output=loads(row[10]),
+        error=loads(row[11]),
+        wake_at=row[12],
+        schedule=loads(row[13]),
+        owner=row[14],
+    )
+
+
+def step_from_row(row: tuple[Any, ...]) -> StepRecord:
+    return StepRecord(
+        kind=row[0],
+        name=row[1],
+        count=row[2],
+        status=row[3],
+        started_at=row[4],
+        config=loads(row[5]),
+        attempts=json.loads(row[6]),
+        result=loads(row[7]),
+        error=loads(row[8]),
+        ended_at=row[9],
+        wake_at=row[10],
+        seq=row[11],
+    )
+
+
+def step_row(pk: int, step: StepRecord) -> tuple[Any, ...]:
+    return (
+        pk,
+        step.kind,
+        step.name,
+        step.count,
+        step.status,
+        dumps(step.config),
+        json.dumps(step.attempts, separators=(",", ":")),
+        step.result_json if step.result_json is not None else dumps(step.result),
+        dumps(step.error),
+        step.started_at,
+        step.ended_at,
+        step.wake_at,
+    )
+
+
+# -- the statements that carry the load -----------------------------------------------------------
+# ``{s}`` stands for the quoted schema name (see PostgresStore._q).
+
+STEP_COLUMNS_IN = (
+    "instance_pk, kind, name, count, status, config, attempts, result, error, started_at, ended_at, wake_at"
+)
+_STEP_UPSERT = """
+    ON CONFLICT (instance_pk, kind, name, count) DO UPDATE SET
+        status = excluded.status, config = excluded.config, attempts = excluded.attempts,
+        result = excluded.result, error = excluded.error, ended_at = excluded.ended_at,
+        wake_at = excluded.wake_at"""
+
+# One step save. Lock the instance row if (and only if) its epoch still matches, then upsert
+# the step from that row: no row, nothing inserted, nothing returned -> Fenced.
+SAVE_STEP = f"""
+    WITH fence AS (
+        SELECT status FROM {{s}}.instances WHERE pk = %s AND epoch = %s FOR NO KEY UPDATE)
+    INSERT INTO {{s}}.steps ({STEP_COLUMNS_IN})
+    SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s::float8 FROM fence
+    {_STEP_UPSERT}
+    RETURNING (SELECT status FROM fence)"""
+
+# Many step saves at once, one array per column (``%b``: arrays travel in binary; the text
+# form needs every string escaped, which costs more than the statement). Lock every instance
+# row whose epoch still matches, upsert the steps of those, and return each saved step's key
+# with its instance's status: a step missing from the result was fenced. The keys must be
+# distinct, since one statement may not upsert a row twice.
+SAVE_STEPS = f"""
+    WITH input AS (
+        SELECT * FROM unnest(%b::bigint[], %b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[],
+                             %b::text[], %b::text[], %b::text[], %b::text[], %b::float8[], %b::float8[],
+                             %b::float8[])
+            AS t(epoch, {STEP_COLUMNS_IN})),
+    fence AS (
+        SELECT pk, epoch, status FROM {{s}}.instances
+        WHERE (pk, epoch) IN (SELECT instance_pk, epoch FROM input) FOR NO KEY UPDATE),
+    saved AS (
+        INSERT INTO {{s}}.steps ({STEP_COLUMNS_IN})
+        SELECT i.instance_pk, i.kind, i.name, i.count, i.status, i.config, i.attempts, i.result, i.error,
+               i.started_at, i.ended_at, i.wake_at
+        FROM input i JOIN fence f ON f.pk = i.instance_pk AND f.epoch = i.epoch
+        {_STEP_UPSERT}
+        RETURNING instance_pk, kind, name, count)
+    SELECT s.instance_pk, s.kind, s.name, s.count, f.status FROM saved s JOIN fence f ON f.pk = s.instance_pk"""
+
+# A step upsert inside a transaction that already holds the fence (take_event).
+UPSERT_STEP = f"""
+    INSERT INTO {{s}}.steps ({STEP_COLUMNS_IN})
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s::float8, %s::float8, %s::float8)
+    {_STEP_UPSERT}
+    RETURNING seq"""
+
+# Give up a running instance (suspend, release). Lock the row if the epoch still matches (no
+# row: Fenced), update it if {when} holds for the status found, and NOTIFY the other workers
+# when it is due within a second (CASE calls pg_notify only then). The fence says `found`, not
+# `status`, so that `status` in the SET clause means the row's.
+GIVE_UP = """
+    WITH fence AS (
+        SELECT pk AS fenced, status AS found FROM {s}.instances
+        WHERE pk = %(pk)s AND epoch = %(epoch)s FOR NO KEY UPDATE),
+    u AS (
+        UPDATE {s}.instances SET {set} FROM fence WHERE pk = fence.fenced AND {when}
+        RETURNING status, wake_at)
+    SELECT fence.found, u.status,
+           CASE WHEN u.status = 'waiting' AND u.wake_at < %(soon)s THEN pg_notify(%(channel)s, %(token)s) END
+    FROM fence LEFT JOIN u ON TRUE"""
+
+# create_instances: insert in the given order, skipping ids that exist; a history row for each
+# instance created; one NOTIFY if any was (an uncorrelated sub-select runs once, and only if
+# there is a row to return).
+CREATE = """
+    WITH created AS (
+        INSERT INTO {s}.instances (workflow, id, status, params, trigger, schedule, created_at)
+        SELECT %(workflow)s, u.id, 'queued', u.params, u.trigger, u.schedule, %(now)s
+        FROM unnest(%(ids)s::text[], %(params)s::text[], %(triggers)s::text[], %(schedules)s::text[])
+            WITH ORDINALITY AS u(id, params, trigger, schedule, n)
+        ORDER BY u.n
+        ON CONFLICT (workflow, id) DO NOTHING
+        RETURNING id, pk, trigger),
+    queued AS (
+        INSERT INTO {s}.history (instance_pk, type, ts, data)
+        SELECT pk, 'WORKFLOW_QUEUED', %(now)s, '{"trigger":' || to_json(trigger)::text || '}' FROM created)
+    SELECT id, pk, (SELECT pg_notify(%(channel)s, %(token)s)) FROM created"""
+
+# claim, sqlite's steps as one statement:
+#   due / queued / expired: the three kinds of runnable instances, each locked FOR UPDATE SKIP
+#     LOCKED (rows another worker is claiming right now are skipped, not waited for);
+#   paused: an expired instance whose pause was requested pauses now (its worker died mid-step);
+#   chosen: the first `limit` candidates: due timers first (by wake_at), then queued (oldest
+#     first), then expired running ones;
+#   claimed: they become running for `owner`, with a lease and a new epoch;
+#   started: WORKFLOW_START for those that never ran before.
+# Data-modifying CTEs run exactly once, whether or not the final SELECT reads them.
+CLAIM = f"""
+    WITH due AS (
+        SELECT pk, wake_at FROM {{s}}.instances
+        WHERE status = 'waiting' AND wake_at <= %(now)s AND workflow = ANY(%(workflows)s::text[])
+        ORDER BY wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+    queued AS (
+        SELECT pk FROM {{s}}.instances
+        WHERE status = 'queued' AND workflow = ANY(%(workflows)s::text[])
+        ORDER BY pk LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+    expired AS (
+        SELECT pk, status FROM {{s}}.instances
+        WHERE status IN ('running', 'waitingForPause') AND lease_until < %(now)s
+          AND workflow = ANY(%(workflows)s::text[])
+        LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+    paused AS (
+        UPDATE {{s}}.instances
+        SET status = 'paused', paused_at = %(now)s, owner = NULL, lease_until = NULL, epoch = epoch + 1
+        WHERE pk IN (SELECT pk FROM expired WHERE status = 'waitingForPause')
+        RETURNING pk),
+    chosen AS (
+        SELECT pk, tier, ord FROM (
+            SELECT pk, 1 AS tier, wake_at AS ord FROM due
+            UNION ALL SELECT pk, 2, pk::float8 FROM queued
+            UNION ALL SELECT pk, 3, 0 FROM expired WHERE status = 'running') candidates
+        ORDER BY tier, ord LIMIT %(limit)s),
+    claimed AS (
+        UPDATE {{s}}.instances
+        SET status = 'running', owner = %(owner)s, lease_until = %(lease)s, epoch = epoch + 1,
+            wake_requested = FALSE, wake_at = NULL, wait_types = NULL, started_at = COALESCE(started_at, %(now)s)
+        WHERE pk IN (SELECT pk FROM chosen)
+        RETURNING {INSTANCE_COLUMNS}),
+    started AS (
+        INSERT INTO {{s}}.history (instance_pk, type, ts, data)
+        SELECT pk, 'WORKFLOW_START', %(now)s, NULL FROM claimed WHERE started_at = %(now)s)
+    SELECT claimed.* FROM claimed JOIN chosen USING (pk) ORDER BY chosen.tier, chosen.ord"""

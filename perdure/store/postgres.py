@@ -1,0 +1,816 @@
+"""The PostgreSQL backend: any number of worker processes, on any number of machines, share one
+database.
+
+It keeps the SQLite backend's tables and semantics (:mod:`perdure.store.sqlite` is the
+reference; each operation below says what it mirrors) and adds what many writers need:
+
+**Claims without contention.** ``claim`` selects runnable rows ``FOR UPDATE SKIP LOCKED``: two
+workers claiming at once lock disjoint rows instead of waiting for each other, and each claim
+bumps the instance's ``epoch``.
+
+**Fencing.** Every write a worker makes for a running instance names the epoch it claimed, and
+first locks the instance row *where the epoch still matches*. A takeover (or a terminate or
+restart) bumps the epoch under the same row lock, so the two are serialised: once the new epoch
+is committed, no write of the old one can land, however late it arrives (the old worker may have
+been SIGSTOPped for a minute). A refused write raises :class:`~perdure.store.base.Fenced`::
+
+    worker A (epoch 7)        instances.pk=42             worker B
+    ------------------        ---------------             --------
+    runs step "charge"        epoch 7, lease A to t+5
+        (stalls, lease not renewed)
+                              lease_until < now     <--   claim: SKIP LOCKED, epoch := 8
+                                                          replays, records "charge" (epoch 8)
+    save "charge" (epoch 7) -> WHERE epoch = 7 finds nothing -> Fenced, nothing written
+
+**Group commit.** Writes of running instances (step results, claims, suspends, lease renewals)
+go through one writer task with a connection of its own: every write queued while the previous
+commit was in flight joins the next transaction, and the step results among them are one
+statement (:mod:`perdure.store.pg_commit`). Control calls (create, pause, terminate, events...)
+run in transactions of their own on the pool.
+
+**Notifications.** Creating an instance, sending an event, pause/resume/terminate/restart, and
+a suspend or release that makes an instance due within a second ``NOTIFY perdure_<schema>``.
+A worker's store keeps one ``LISTEN`` connection (:mod:`perdure.store.pg_listen`) and turns
+notifications from *other* stores into :meth:`PostgresStore.changed` and ``on_change``
+callbacks. Expired leases are announced by nobody (a dead worker cannot ``NOTIFY``), so
+``changed()`` also says True every ``safety_poll`` seconds: that bounds takeover time to about
+``lease_ttl + safety_poll``, and covers notifications missed while the listener reconnects.
+
+**Connection loss.** Every method raises when the database stays unreachable; the engine
+treats a failed step write as a lost run (claimed again once its lease expires) and retries
+its loops. Before raising, writes and reads are retried on fresh connections when that is safe
+(see :mod:`perdure.store.pg_commit`); the pools replace broken connections and the listener
+reconnects with backoff.
+
+Connection URL: ``postgresql://user:pw@host:5432/db?schema=perdure&application_name=...``.
+``schema`` (default ``perdure``) is ours and selects the PostgreSQL schema holding the tables;
+every other parameter goes to libpq unchanged. One store is used from one event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+import psycopg
+from psycopg import AsyncConnection, sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
+
+from ..errors import InstanceAlreadyExistsError, InstanceNotFoundError, InvalidStateError, ValidationError
+from .base import (
+    COMPLETE,
+    PAUSED,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    TERMINATED,
+    WAITING,
+    WAITING_FOR_PAUSE,
+    Fenced,
+    InstanceRecord,
+    NewInstance,
+    Page,
+    StepRecord,
+    Store,
+)
+from .migrations.postgres import migrate
+from .pg_commit import Conn, GroupCommit, Outcome, Transactions, Write, WriteFn
+from .pg_listen import Listener
+from .pg_sql import (
+    CLAIM,
+    CREATE,
+    GIVE_UP,
+    INSTANCE_COLUMNS,
+    SAVE_STEP,
+    SAVE_STEPS,
+    STEP_COLUMNS,
+    UPSERT_STEP,
+    dumps,
+    instance_from_row,
+    loads,
+    step_from_row,
+    step_row,
+)
+
+log = logging.getLogger("perdure.postgres")
+
+
+_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+
+
+def parse_url(url: str, schema: str | None = None) -> tuple[str, str]:
+    """Split a ``postgresql://`` URL into a libpq conninfo and the schema name.
+
+    The ``schema`` query parameter is Perdure's (libpq would reject it); an explicit ``schema``
+    argument must agree with it. Returns ``(conninfo, schema)``.
+    """
+    parts = urlparse(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    in_url = [value for key, value in query if key == "schema"]
+    if len(in_url) > 1:
+        raise ValidationError(f"database url {url!r} names the schema more than once")
+    if in_url and schema is not None and in_url[0] != schema:
+        raise ValidationError(f"schema={schema!r} contradicts the url's schema={in_url[0]!r}")
+    chosen = schema if schema is not None else (in_url[0] if in_url else "perdure")
+    if not _SCHEMA_RE.match(chosen):
+        raise ValidationError(
+            f"schema name {chosen!r} must be 1-63 letters, digits and '_' and must not start with a digit"
+        )
+    rest = urlunparse(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
+    try:
+        params = conninfo_to_dict(rest)
+    except psycopg.ProgrammingError as exc:
+        raise ValidationError(f"invalid database url {url!r}: {exc}") from None
+    params.setdefault("application_name", "perdure")
+    # Notice a server that vanished without closing the connection (a partition, a crashed
+    # host) in about 20 s rather than the operating system's two hours.
+    keepalives = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
+    for key, value in keepalives.items():
+        params.setdefault(key, value)
+    return make_conninfo("", **params), chosen
+
+
+# -- the store ----------------------------------------------------------------------------------
+
+
+class PostgresStore(Store):
+    """PostgreSQL via psycopg 3 (async) and a connection pool.
+
+    Options (also accepted as ``Engine("postgresql://…", option=value)``):
+
+    * ``schema`` (``"perdure"``, or ``?schema=`` in the URL): the PostgreSQL schema holding the
+      tables; created and migrated on :meth:`open`.
+    * ``pool_min`` / ``pool_max`` (1 / 10): pooled connections (plus one for LISTEN in workers).
+    * ``pool_timeout`` (10 s): how long a call waits for a connection before it fails.
+    * ``connect_timeout`` (10 s): for each new connection.
+    * ``safety_poll`` (1 s): ``changed()`` says True at least this often (see the module doc).
+    * ``lazy_delay`` (5 ms): how long a ``durable=False`` write waits for company.
+    * ``max_batch`` (500): writes per group commit.
+    * ``retry_delays`` ((0.05, 0.2, 0.5) s): pauses between tries of a write or read whose
+      connection failed; after the last one the error is raised.
+    * ``idle_in_transaction_timeout`` (5 s): the server ends a session frozen inside a
+      transaction after this long, releasing its row locks (see :meth:`_configure`).
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        pool_min: int = 1,
+        pool_max: int = 10,
+        pool_timeout: float = 10.0,
+        connect_timeout: int = 10,
+        safety_poll: float = 1.0,
+        lazy_delay: float = 0.005,
+        max_batch: int = 500,
+        retry_delays: tuple[float, ...] = (0.05, 0.2, 0.5),
+        idle_in_transaction_timeout: float = 5.0,
+    ) -> None:
+        if not (isinstance(pool_min, int) and isinstance(pool_max, int) and 0 <= pool_min <= pool_max >= 1):
+            raise ValidationError(
+                f"pool sizes need 0 <= pool_min <= pool_max, pool_max >= 1; got {pool_min}, {pool_max}"
+            )
+        self.url = url
+        self.conninfo, self.schema = parse_url(url, schema)
+        self.pool_min = pool_min
+        self.pool_max = pool_max
+        self.pool_timeout = pool_timeout
+        self.connect_timeout = connect_timeout
+        self.safety_poll = safety_poll
+        self.idle_in_transaction_timeout = idle_in_transaction_timeout
+        self.channel = f"perdure_{self.schema}"[:63]  # identifiers are at most 63 bytes
+        self.token = uuid.uuid4().hex  # the payload of our NOTIFYs, so our listener skips them
+        self._s = sql.Identifier(self.schema).as_string()
+        self._queries: dict[str, str] = {}
+        self.retry_delays = tuple(retry_delays)
+        self.lazy_delay = lazy_delay
+        self.max_batch = max_batch
+        self._callback: Callable[[], None] | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget connections and tasks (closed, or left behind in an event loop that ended)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pool: AsyncConnectionPool[Conn] | None = None
+        self._write_pool: AsyncConnectionPool[Conn] | None = None
+        self._opening: asyncio.Lock | None = None
+        self._transactions = Transactions(self._ready, self.retry_delays)
+        # The writer has a connection of its own: behind a hundred instances loading their
+        # steps it would otherwise queue for a pooled one, and every step waits on it.
+        self._writes = Transactions(self._ready_writer, self.retry_delays)
+        self._writer = GroupCommit(self._writes, lazy_delay=self.lazy_delay, max_batch=self.max_batch)
+        self._listener = Listener(
+            self.conninfo, self.channel, ignore=self.token, on_notify=self._signal, connect_timeout=self.connect_timeout
+        )
+        self._changed = False
+        self._last_poll = time.monotonic()
+
+    def _q(self, text: str) -> str:
+        """``text`` with ``{s}`` replaced by the quoted schema name (cached)."""
+        query = self._queries.get(text)
+        if query is None:
+            query = self._queries[text] = text.replace("{s}", self._s)
+        return query
+
+    @property
+    def batches(self) -> int:
+        """Group commits made so far (with :attr:`batched_ops`, the writes they carried)."""
+        return self._writer.batches
+
+    @property
+    def batched_ops(self) -> int:
+        return self._writer.writes
+
+    @property
+    def listening(self) -> bool:
+        """Whether the LISTEN connection is up now."""
+        return self._listener.connected
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Create or migrate the schema, then open the pool and the writer."""
+        if self._pool is not None:
+            return
+        if self._opening is None:
+            self._opening = asyncio.Lock()
+        async with self._opening:  # concurrent first calls open once
+            if self._pool is not None:
+                return
+            conn = await AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout)
+            async with conn:
+                await migrate(conn, self.schema)
+            self._write_pool = await self._new_pool("writer", 0, 1)  # connects on the first write
+            self._pool = await self._new_pool("pool", self.pool_min, self.pool_max)
+            self._loop = asyncio.get_running_loop()
+            self._writer.start()
+            if self._callback is not None:
+                self._listener.start()
+
+    async def _new_pool(self, role: str, min_size: int, max_size: int) -> AsyncConnectionPool[Conn]:
+        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+            self.conninfo,
+            min_size=min_size,
+            max_size=max_size,
+            kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
+            timeout=self.pool_timeout,
+            name=f"perdure-{self.schema}-{role}",
+            configure=self._configure,
+            open=False,
+        )
+        await pool.open()
+        return pool
+
+    async def _configure(self, conn: Conn) -> None:
+        """Session settings of every pooled connection.
+
+        A worker frozen in the middle of a transaction (SIGSTOP, a long GC pause, a laptop
+        lid) would keep its instance rows locked, and ``SKIP LOCKED`` claims would skip them
+        for as long as it stays frozen: the server ends such a session after
+        ``idle_in_transaction_timeout`` seconds, which releases the locks and lets the lease
+        expire normally. Our own transactions never sit idle."""
+        ms = int(self.idle_in_transaction_timeout * 1000)
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+
+    async def close(self) -> None:
+        """Commit queued writes, stop listening and close every connection."""
+        if self._pool is None:
+            return
+        await self._writer.close()
+        await self._listener.stop()
+        self._transactions.cancel()
+        self._writes.cancel()
+        pools = [self._pool, self._write_pool]
+        self._reset()
+        for pool in pools:
+            if pool is not None:
+                await pool.close()
+
+    async def _ready(self) -> AsyncConnectionPool[Conn]:
+        """The pool, opening the store first when needed: like the SQLite store, a closed
+        store reopens on use (a client may read a status after its engine stopped), also from
+        another event loop (a script may ``asyncio.run`` several times with one engine)."""
+        if self._pool is not None and self._loop is not asyncio.get_running_loop():
+            # Its pools and tasks belong to a loop that has ended; they cannot be closed from
+            # here, and are left to the garbage collector.
+            self._reset()
+        if self._pool is None:
+            await self.open()
+        assert self._pool is not None
+        return self._pool
+
+    async def _ready_writer(self) -> AsyncConnectionPool[Conn]:
+        await self._ready()
+        assert self._write_pool is not None
+        return self._write_pool
+
+    # -- how operations reach the database -------------------------------------------------------
+    async def _write(self, fn: WriteFn, *, single: bool = False, idempotent: bool = False) -> Any:
+        """Queue a write of a running instance for the next group commit; wait for it."""
+        await self._ready()
+        return await self._writer.wait(Write(fn, single=single, idempotent=idempotent))
+
+    async def _transact(self, fn: WriteFn, *, single: bool = False) -> Any:
+        """Run ``fn`` in a transaction of its own, now (control calls, from any process).
+
+        These lock their instance row first (``FOR UPDATE``) and stay out of the writer's
+        shared transactions, so they never hold a lock while waiting for one a worker's batch
+        holds: no deadlock cycle between a control call and a worker."""
+        ((value, error),) = await self._transactions.commit([Write(fn, single=single)])
+        if error is not None:
+            raise error
+        return value
+
+    async def _read(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        return await self._transactions.read(self._q(query), params)
+
+    async def _notify(self, conn: Conn) -> None:
+        """Tell the other workers to look (PostgreSQL delivers it when the transaction commits)."""
+        await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, self.token))
+
+    async def _lock(self, conn: Conn, pk: int, columns: str) -> tuple[Any, ...]:
+        cur = await conn.execute(self._q(f"SELECT {columns} FROM {{s}}.instances WHERE pk = %s FOR UPDATE"), (pk,))
+        row = await cur.fetchone()
+        if row is None:
+            raise InstanceNotFoundError(f"no instance with pk {pk}")
+        return row
+
+    async def _fence(self, conn: Conn, pk: int, epoch: int) -> str:
+        """Lock the instance row if it is still at ``epoch`` (sqlite's ``_fence``)."""
+        cur = await conn.execute(
+            self._q("SELECT status FROM {s}.instances WHERE pk = %s AND epoch = %s FOR NO KEY UPDATE"), (pk, epoch)
+        )
+        row = await cur.fetchone()
+        if row is None:
+            raise Fenced(f"instance {pk} moved past epoch {epoch}")
+        return str(row[0])
+
+    async def _history(self, conn: Conn, pk: int, type_: str, ts: float, data: Any = None) -> None:
+        await conn.execute(
+            self._q("INSERT INTO {s}.history (instance_pk, type, ts, data) VALUES (%s, %s, %s, %s)"),
+            (pk, type_, ts, dumps(data)),
+        )
+
+    # -- instances -------------------------------------------------------------------------------
+    async def create_instances(
+        self, workflow: str, items: list[NewInstance], now: float, *, skip_existing: bool
+    ) -> list[InstanceRecord]:
+        """Mirrors sqlite's create_instances in one statement (:data:`CREATE`), inserting in
+        the given order (so pks, hence the claim order, follow it). An id that exists, or that
+        repeats an earlier item, is skipped or raises; raising leaves nothing behind."""
+        params = {
+            "workflow": workflow,
+            "now": now,
+            "ids": [item.id for item in items],
+            "params": [item.params_json for item in items],
+            "triggers": [item.trigger for item in items],
+            "schedules": [dumps(item.schedule) for item in items],
+            "channel": self.channel,
+            "token": self.token,
+        }
+
+        async def op(conn: Conn) -> list[InstanceRecord]:
+            cur = await conn.execute(self._q(CREATE), params)
+            inserted = {row[0]: int(row[1]) for row in await cur.fetchall()}
+            created = []
+            for item in items:
+                pk = inserted.pop(item.id, None)
+                if pk is None:
+                    if skip_existing:
+                        continue
+                    raise InstanceAlreadyExistsError(
+                        f"an instance with id {item.id!r} already exists in workflow {workflow!r}"
+                    )
+                record = InstanceRecord(
+                    pk=pk,
+                    workflow=workflow,
+                    id=item.id,
+                    status=QUEUED,
+                    params=json.loads(item.params_json),
+                    trigger=item.trigger,
+                    created_at=now,
+                    schedule=item.schedule,
+                )
+                created.append(record)
+            return created
+
+        # Alone in autocommit unless a refusal must undo other items' inserts: with
+        # skip_existing nothing is refused, and a lone duplicate inserted nothing.
+        result: list[InstanceRecord] = await self._transact(op, single=skip_existing or len(items) <= 1)
+        return result
+
+    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
+        rows = await self._read(
+            f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND id = %s", (workflow, instance_id)
+        )
+        return instance_from_row(rows[0]) if rows else None
+
+    async def get_by_pk(self, pk: int) -> InstanceRecord | None:
+        rows = await self._read(f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE pk = %s", (pk,))
+        return instance_from_row(rows[0]) if rows else None
+
+    async def list_instances(
+        self, workflow: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+    ) -> Page:
+        before = int(cursor) if cursor else 2**62
+        if status:
+            rows = await self._read(
+                f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND status = %s AND pk < %s"
+                " ORDER BY pk DESC LIMIT %s",
+                (workflow, status, before, limit + 1),
+            )
+        else:
+            rows = await self._read(
+                f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND pk < %s"
+                " ORDER BY pk DESC LIMIT %s",
+                (workflow, before, limit + 1),
+            )
+        items = [instance_from_row(r) for r in rows[:limit]]
+        next_cursor = str(items[-1].pk) if len(rows) > limit and items else None
+        return Page(items, next_cursor)
+
+    async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
+        if workflow is None:
+            rows = await self._read("SELECT workflow, status, COUNT(*) FROM {s}.instances GROUP BY workflow, status")
+        else:
+            rows = await self._read(
+                "SELECT workflow, status, COUNT(*) FROM {s}.instances WHERE workflow = %s GROUP BY workflow, status",
+                (workflow,),
+            )
+        counts: dict[str, dict[str, int]] = {}
+        for wf, status, n in rows:
+            counts.setdefault(wf, {})[status] = int(n)
+        return counts
+
+    # -- running instances -----------------------------------------------------------------------
+    async def claim(
+        self, owner: str, limit: int, now: float, lease_until: float, workflows: list[str]
+    ) -> list[InstanceRecord]:
+        """Mirrors sqlite's claim, in one statement (:data:`CLAIM`). Every candidate is locked
+        ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint rows without waiting."""
+        if not workflows:
+            return []
+        params = {"now": now, "workflows": workflows, "limit": limit, "owner": owner, "lease": lease_until}
+
+        async def op(conn: Conn) -> list[InstanceRecord]:
+            cur = await conn.execute(self._q(CLAIM), params)
+            return [instance_from_row(row) for row in await cur.fetchall()]
+
+        result: list[InstanceRecord] = await self._write(op, single=True)
+        return result
+
+    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                self._q("UPDATE {s}.instances SET lease_until = %s WHERE owner = %s AND pk = ANY(%s::bigint[])"),
+                (lease_until, owner, pks),
+            )
+
+        await self._write(op, single=True, idempotent=True)
+
+    async def expire_leases(self, owners: list[str]) -> None:
+        async def op(conn: Conn) -> None:
+            cur = await conn.execute(
+                self._q("UPDATE {s}.instances SET lease_until = 0 WHERE owner = ANY(%s::text[])"), (owners,)
+            )
+            if cur.rowcount:
+                await self._notify(conn)
+
+        await self._write(op, idempotent=True)
+
+    async def owners(self) -> list[str]:
+        return [r[0] for r in await self._read("SELECT DISTINCT owner FROM {s}.instances WHERE owner IS NOT NULL")]
+
+    async def load_steps(self, pk: int) -> list[StepRecord]:
+        rows = await self._read(f"SELECT {STEP_COLUMNS} FROM {{s}}.steps WHERE instance_pk = %s ORDER BY seq", (pk,))
+        return [step_from_row(r) for r in rows]
+
+    async def save_step(self, pk: int, epoch: int, step: StepRecord, *, durable: bool = True) -> str:
+        """Fence and upsert; the step saves of one group commit share one statement
+        (:meth:`_save_steps`), and a lone one is :data:`SAVE_STEP`."""
+
+        async def alone(conn: Conn) -> str:
+            cur = await conn.execute(self._q(SAVE_STEP), (pk, epoch, *step_row(pk, step)))
+            row = await cur.fetchone()
+            if row is None:
+                raise Fenced(f"instance {pk} moved past epoch {epoch}")
+            return str(row[0])
+
+        await self._ready()
+        write = Write(
+            alone,
+            group=self._save_steps,
+            data=(pk, epoch, step),
+            key=(pk, step.kind, step.name, step.count),
+            single=True,
+            idempotent=True,
+        )
+        if not durable:
+            self._writer.submit(write, lazy=True)
+            return ""
+        result: str = await self._writer.wait(write)
+        return result
+
+    async def _save_steps(self, conn: Conn, writes: Sequence[Write]) -> list[Outcome]:
+        """Many step saves in one statement (see :data:`SAVE_STEPS`): one outcome per write,
+        the instance's status, or ``Fenced`` for a step whose instance moved past its epoch."""
+        # Encoded now, at commit time: a write that waited in the batch stores the step's
+        # newest state, which is what a later write would store anyway.
+        rows = [(epoch, *step_row(pk, step)) for pk, epoch, step in (w.data for w in writes)]
+        columns = [list(column) for column in zip(*rows, strict=True)]
+        cur = await conn.execute(self._q(SAVE_STEPS), columns)
+        saved = {(pk, kind, name, count): status for pk, kind, name, count, status in await cur.fetchall()}
+        outcomes: list[Outcome] = []
+        for pk, epoch, step in (w.data for w in writes):
+            status = saved.get((pk, step.kind, step.name, step.count))
+            if status is None:
+                outcomes.append((None, Fenced(f"instance {pk} moved past epoch {epoch}")))
+            else:
+                outcomes.append((str(status), None))
+        return outcomes
+
+    async def take_event(
+        self, pk: int, epoch: int, step: StepRecord, event_type: str, now: float
+    ) -> dict[str, Any] | None:
+        async def op(conn: Conn) -> dict[str, Any] | None:
+            await self._fence(conn, pk, epoch)
+            cur = await conn.execute(
+                self._q(
+                    "SELECT pk, payload, created_at FROM {s}.events WHERE instance_pk = %s AND type = %s"
+                    " AND consumed_by IS NULL ORDER BY pk LIMIT 1 FOR UPDATE"
+                ),
+                (pk, event_type),
+            )
+            row = await cur.fetchone()
+            event = None
+            if row is not None:
+                event = {"type": event_type, "payload": json.loads(row[1]), "timestamp": row[2]}
+                step.status, step.result, step.ended_at, step.wake_at = COMPLETE, event, now, None
+            cur = await conn.execute(self._q(UPSERT_STEP), step_row(pk, step))
+            seq_row = await cur.fetchone()
+            if row is not None and seq_row is not None:
+                await conn.execute(
+                    self._q("UPDATE {s}.events SET consumed_by = %s WHERE pk = %s"), (seq_row[0], row[0])
+                )
+            return event
+
+        result: dict[str, Any] | None = await self._write(op)
+        return result
+
+    async def _give_up(self, set_clause: str, params: dict[str, Any], *, when: str = "TRUE") -> str | None:
+        """Run :data:`GIVE_UP`; the new status, or None when ``when`` did not hold."""
+        query = GIVE_UP.replace("{set}", set_clause).replace("{when}", when)
+        params = {**params, "soon": params["now"] + 1.0, "channel": self.channel, "token": self.token}
+
+        async def op(conn: Conn) -> str | None:
+            cur = await conn.execute(self._q(query), params)
+            row = await cur.fetchone()
+            if row is None:
+                raise Fenced(f"instance {params['pk']} moved past epoch {params['epoch']}")
+            return None if row[1] is None else str(row[1])
+
+        result: str | None = await self._write(op, single=True)
+        return result
+
+    async def suspend(self, pk: int, epoch: int, wake_at: float | None, wait_types: list[str], now: float) -> str:
+        """Mirrors sqlite's suspend in one statement: ``SET`` expressions see the old row, so
+        the CASEs branch on the status and ``wake_requested`` the fence found."""
+        status = await self._give_up(
+            "status = CASE WHEN status = 'waitingForPause' THEN 'paused' ELSE 'waiting' END,"
+            " wake_at = CASE WHEN status = 'waitingForPause' THEN %(wake)s::float8"
+            " WHEN (wake_requested AND %(typed)s) OR %(wake)s::float8 IS NULL THEN %(now)s::float8"
+            " ELSE %(wake)s::float8 END,"
+            " wait_types = %(types)s::text,"
+            " paused_at = CASE WHEN status = 'waitingForPause' THEN %(now)s::float8 END,"
+            " owner = NULL, lease_until = NULL",
+            {
+                "pk": pk,
+                "epoch": epoch,
+                "wake": wake_at,
+                "typed": bool(wait_types),
+                "types": ",".join(wait_types) or None,
+                "now": now,
+            },
+        )
+        assert status is not None
+        return status
+
+    async def release(self, pk: int, epoch: int, now: float) -> None:
+        """Mirrors sqlite's release: paused if a pause was requested, else due at once and ahead
+        of queued instances (it was already running); left alone if it finished or suspended
+        meanwhile."""
+        await self._give_up(
+            "status = CASE WHEN status = 'waitingForPause' THEN 'paused' ELSE 'waiting' END,"
+            " wake_at = CASE WHEN status = 'waitingForPause' THEN NULL ELSE 0.0 END,"
+            " paused_at = CASE WHEN status = 'waitingForPause' THEN %(now)s::float8 END,"
+            " owner = NULL, lease_until = NULL",
+            {"pk": pk, "epoch": epoch, "now": now},
+            when="fence.found IN ('running', 'waitingForPause')",
+        )
+
+    async def finish(
+        self, pk: int, epoch: int, status: str, output_json: str | None, error: dict[str, str] | None, now: float
+    ) -> None:
+        """Mirrors sqlite's finish: fenced update plus its history row, in one statement."""
+        if status == COMPLETE:
+            kind, data = "WORKFLOW_SUCCESS", {"output": loads(output_json)}
+        else:
+            kind, data = "WORKFLOW_FAILURE", {"error": error}
+
+        async def op(conn: Conn) -> None:
+            cur = await conn.execute(
+                self._q(
+                    "WITH u AS (UPDATE {s}.instances SET status = %s, output = %s, error = %s, ended_at = %s,"
+                    " owner = NULL, lease_until = NULL, wake_at = NULL, wait_types = NULL"
+                    " WHERE pk = %s AND epoch = %s RETURNING pk)"
+                    " INSERT INTO {s}.history (instance_pk, type, ts, data) SELECT pk, %s, %s, %s FROM u RETURNING seq"
+                ),
+                (status, output_json, dumps(error), now, pk, epoch, kind, now, dumps(data)),
+            )
+            if await cur.fetchone() is None:
+                raise Fenced(f"instance {pk} moved past epoch {epoch}")
+
+        await self._write(op, single=True)
+
+    async def owned(self, owner: str) -> dict[int, tuple[int, str]]:
+        rows = await self._read("SELECT pk, epoch, status FROM {s}.instances WHERE owner = %s", (owner,))
+        return {int(pk): (int(epoch), str(status)) for pk, epoch, status in rows}
+
+    # -- control ---------------------------------------------------------------------------------
+    async def pause(self, pk: int, now: float) -> str:
+        async def op(conn: Conn) -> str:
+            (status,) = await self._lock(conn, pk, "status")
+            if status == RUNNING:
+                status = WAITING_FOR_PAUSE
+                await conn.execute(self._q("UPDATE {s}.instances SET status = %s WHERE pk = %s"), (status, pk))
+                await self._notify(conn)
+            elif status in (QUEUED, WAITING):
+                status = PAUSED
+                await conn.execute(
+                    self._q("UPDATE {s}.instances SET status = %s, paused_at = %s WHERE pk = %s"), (status, now, pk)
+                )
+                await self._notify(conn)
+            return str(status)
+
+        result: str = await self._transact(op)
+        return result
+
+    async def resume(self, pk: int, now: float) -> str:
+        async def op(conn: Conn) -> str:
+            status, wake_at, paused_at, wake_requested = await self._lock(
+                conn, pk, "status, wake_at, paused_at, wake_requested"
+            )
+            if status == WAITING_FOR_PAUSE:
+                status = RUNNING
+                await conn.execute(self._q("UPDATE {s}.instances SET status = %s WHERE pk = %s"), (status, pk))
+                await self._notify(conn)
+            elif status == PAUSED:
+                paused_for = max(0.0, now - (paused_at or now))
+                # Timers do not run while paused: every pending deadline moves by the paused time.
+                await conn.execute(
+                    self._q(
+                        "UPDATE {s}.steps SET wake_at = wake_at + %s WHERE instance_pk = %s AND wake_at IS NOT NULL"
+                        " AND status IN ('waiting', 'retrying')"
+                    ),
+                    (paused_for, pk),
+                )
+                if wake_at is None:
+                    status, due = QUEUED, None
+                else:
+                    status, due = WAITING, (now if wake_requested else wake_at + paused_for)
+                await conn.execute(
+                    self._q(
+                        "UPDATE {s}.instances SET status = %s, wake_at = %s::float8, paused_at = NULL WHERE pk = %s"
+                    ),
+                    (status, due, pk),
+                )
+                await self._notify(conn)
+            return str(status)
+
+        result: str = await self._transact(op)
+        return result
+
+    async def terminate(self, pk: int, now: float) -> str:
+        async def op(conn: Conn) -> str:
+            (status,) = await self._lock(conn, pk, "status")
+            if status in TERMINAL:
+                raise InvalidStateError(f"cannot terminate an instance that is already {status}")
+            await conn.execute(
+                self._q(
+                    "UPDATE {s}.instances SET status = %s, ended_at = %s, epoch = epoch + 1, owner = NULL,"
+                    " lease_until = NULL, wake_at = NULL, wait_types = NULL WHERE pk = %s"
+                ),
+                (TERMINATED, now, pk),
+            )
+            await self._history(conn, pk, "WORKFLOW_TERMINATED", now)
+            await self._notify(conn)
+            return TERMINATED
+
+        result: str = await self._transact(op)
+        return result
+
+    async def restart(self, pk: int, now: float, from_step: tuple[str, str, int] | None) -> str:
+        async def op(conn: Conn) -> str:
+            (started,) = await self._lock(conn, pk, "started_at")  # before touching its steps
+            if from_step is None:
+                await conn.execute(self._q("DELETE FROM {s}.steps WHERE instance_pk = %s"), (pk,))
+                await conn.execute(self._q("UPDATE {s}.events SET consumed_by = NULL WHERE instance_pk = %s"), (pk,))
+                await conn.execute(self._q("DELETE FROM {s}.history WHERE instance_pk = %s"), (pk,))
+                started = None
+            else:
+                kind, name, count = from_step
+                cur = await conn.execute(
+                    self._q(
+                        "SELECT seq FROM {s}.steps WHERE instance_pk = %s AND kind = %s AND name = %s AND count = %s"
+                    ),
+                    (pk, kind, name, count),
+                )
+                row = await cur.fetchone()
+                if row is None:
+                    raise ValidationError(f"restart from_step: this instance has no {kind} step {name!r} #{count}")
+                await conn.execute(self._q("DELETE FROM {s}.steps WHERE instance_pk = %s AND seq >= %s"), (pk, row[0]))
+                await conn.execute(
+                    self._q("UPDATE {s}.events SET consumed_by = NULL WHERE instance_pk = %s AND consumed_by >= %s"),
+                    (pk, row[0]),
+                )
+            await conn.execute(
+                self._q(
+                    "UPDATE {s}.instances SET status = %s, epoch = epoch + 1, owner = NULL, lease_until = NULL,"
+                    " output = NULL, error = NULL, ended_at = NULL, wake_at = NULL, wait_types = NULL,"
+                    " paused_at = NULL, wake_requested = FALSE, started_at = %s::float8 WHERE pk = %s"
+                ),
+                (QUEUED, started, pk),
+            )
+            await self._history(
+                conn, pk, "WORKFLOW_QUEUED", now, {"trigger": "restart", "from_step": list(from_step or []) or None}
+            )
+            await self._notify(conn)
+            return QUEUED
+
+        result: str = await self._transact(op)
+        return result
+
+    async def send_event(self, pk: int, event_type: str, payload_json: str, now: float) -> None:
+        async def op(conn: Conn) -> None:
+            status, wait_types = await self._lock(conn, pk, "status, wait_types")
+            if status in TERMINAL:
+                raise InvalidStateError(f"cannot send an event to an instance that is {status}")
+            await conn.execute(
+                self._q("INSERT INTO {s}.events (instance_pk, type, payload, created_at) VALUES (%s, %s, %s, %s)"),
+                (pk, event_type, payload_json, now),
+            )
+            waiting_for_it = status == WAITING and event_type in (wait_types or "").split(",")
+            await conn.execute(
+                self._q(
+                    "UPDATE {s}.instances SET wake_requested = TRUE,"
+                    " wake_at = CASE WHEN %s THEN %s ELSE wake_at END WHERE pk = %s"
+                ),
+                (waiting_for_it, now, pk),
+            )
+            await self._notify(conn)
+
+        await self._transact(op)
+
+    # -- timers, history, change detection -------------------------------------------------------
+    async def next_wake_at(self) -> float | None:
+        rows = await self._read("SELECT MIN(wake_at) FROM {s}.instances WHERE status = %s", (WAITING,))
+        return rows[0][0] if rows else None
+
+    async def history(self, pk: int) -> list[dict[str, Any]]:
+        rows = await self._read("SELECT type, ts, data FROM {s}.history WHERE instance_pk = %s ORDER BY seq", (pk,))
+        return [{"type": t, "timestamp": ts, "data": loads(d)} for t, ts, d in rows]
+
+    def _signal(self) -> None:
+        self._changed = True
+        if self._callback is not None:
+            try:
+                self._callback()
+            except Exception:  # a broken callback must not stop the listener
+                log.exception("perdure: on_change callback failed")
+
+    async def changed(self) -> bool:
+        """True after a notification from another store, and at least every ``safety_poll``
+        seconds (expired leases and missed notifications are found by looking)."""
+        if self._pool is not None:
+            self._listener.start()
+        now = time.monotonic()
+        if self._changed or now - self._last_poll >= self.safety_poll:
+            self._changed = False
+            self._last_poll = now
+            return True
+        return False
+
+    def on_change(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` on notifications from other stores (it replaces an earlier one:
+        an engine registers one each time it starts)."""
+        self._callback = callback
+        if self._pool is not None:
+            self._listener.start()
