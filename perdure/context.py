@@ -29,6 +29,7 @@ from .event import to_datetime
 from .retries import resolve_config, retry_delay, timeout_seconds
 from .serde import error_info, rebuild_error
 from .store.base import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, Fenced, StepRecord
+from .tracing import span
 
 if TYPE_CHECKING:
     from .store.base import Store
@@ -270,7 +271,11 @@ class Step:
             try:
                 if wants_ctx:
                     kwargs["ctx"] = ctx
-                result = await run_with_timeout(self._clock, self._call(fn, kwargs), timeout)
+                with span(
+                    f"step {record.name}",
+                    {"perdure.step.name": record.name, "perdure.step.count": record.count, "perdure.attempt": number},
+                ):
+                    result = await run_with_timeout(self._clock, self._call(fn, kwargs), timeout)
             except TimeoutError:
                 failure: Exception = WorkflowTimeoutError(
                     f"step {record.name!r} attempt {number} timed out after {config['timeout']}"

@@ -35,6 +35,7 @@ from .errors import ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
 from .serde import error_info
 from .store.base import COMPLETE, ERRORED, TERMINAL, Fenced, InstanceRecord, Store
+from .tracing import span
 
 log = logging.getLogger("perdure")
 
@@ -388,8 +389,10 @@ class Engine:
                 schedule=_schedule(record.schedule),
             )
             workflow = registration.cls(registration.env)
+            attributes = {"perdure.workflow": record.workflow, "perdure.instance_id": record.id}
             try:
-                output = await workflow.run(event, step)
+                with span(f"workflow {record.workflow}", attributes):
+                    output = await workflow.run(event, step)
             except Stop as stop:
                 await self._stopped(record, step, stop)
             except Exception as exc:

@@ -1,0 +1,37 @@
+"""OpenTelemetry spans: one per run of an instance, one per step attempt.
+
+Spans are made only when the ``opentelemetry`` API is installed (``pip install
+'perdure[otel]'``) and reach an exporter only once the application configures an SDK
+``TracerProvider``; otherwise every call here is a cheap no-op. An exception that leaves a span
+is recorded on it with an error status; a run that suspends (to sleep or wait) is not an error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+try:
+    from opentelemetry import trace
+    from opentelemetry.trace import Status, StatusCode
+except ImportError:  # the optional dependency is not installed
+    trace = None  # type: ignore[assignment]
+
+
+@contextlib.contextmanager
+def span(name: str, attributes: dict[str, Any]) -> Iterator[None]:
+    if trace is None:
+        yield
+        return
+    # get_tracer each time: the application may set its TracerProvider after importing us.
+    tracer = trace.get_tracer("perdure")
+    with tracer.start_as_current_span(
+        name, attributes=attributes, record_exception=False, set_status_on_exception=False
+    ) as current:
+        try:
+            yield
+        except Exception as exc:  # Stop (suspend) and cancellation are BaseExceptions: not errors
+            current.record_exception(exc)
+            current.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
