@@ -42,6 +42,7 @@ from .base import (
     StepRecord,
     Store,
 )
+from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -107,60 +108,9 @@ CREATE TABLE IF NOT EXISTS history (
 CREATE INDEX IF NOT EXISTS ix_history_instance ON history (instance_pk, seq);
 """
 
-_INSTANCE_COLUMNS = (
-    "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
-    "output, error, wake_at, schedule, owner"
-)
-_STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _dumps(value: Any) -> str | None:
-    return None if value is None else json.dumps(value, separators=(",", ":"))
-
-
-def _instance(row: tuple[Any, ...]) -> InstanceRecord:
-    return InstanceRecord(
-        pk=row[0],
-        workflow=row[1],
-        id=row[2],
-        status=row[3],
-        params=json.loads(row[4]),
-        trigger=row[5],
-        created_at=row[6],
-        epoch=row[7],
-        started_at=row[8],
-        ended_at=row[9],
-        output=_loads(row[10]),
-        error=_loads(row[11]),
-        wake_at=row[12],
-        schedule=_loads(row[13]),
-        owner=row[14],
-    )
-
-
-def _step(row: tuple[Any, ...]) -> StepRecord:
-    return StepRecord(
-        kind=row[0],
-        name=row[1],
-        count=row[2],
-        status=row[3],
-        started_at=row[4],
-        config=_loads(row[5]),
-        attempts=json.loads(row[6]),
-        result=_loads(row[7]),
-        error=_loads(row[8]),
-        ended_at=row[9],
-        wake_at=row[10],
-        seq=row[11],
-    )
-
 
 def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
-    conn.execute("INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, _dumps(data)))
+    conn.execute("INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, dumps(data)))
 
 
 def _row(conn: sqlite3.Connection, columns: str, pk: int) -> tuple[Any, ...]:
@@ -194,10 +144,10 @@ def _step_row(pk: int, step: StepRecord) -> tuple[Any, ...]:
         step.name,
         step.count,
         step.status,
-        _dumps(step.config),
+        dumps(step.config),
         json.dumps(step.attempts, separators=(",", ":")),
-        step.result_json if step.result_json is not None else _dumps(step.result),
-        _dumps(step.error),
+        step.result_json if step.result_json is not None else dumps(step.result),
+        dumps(step.error),
         step.started_at,
         step.ended_at,
         step.wake_at,
@@ -435,7 +385,7 @@ class SQLiteStore(Store):
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO instances (workflow, id, status, params, trigger, schedule, created_at)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (workflow, item.id, QUEUED, item.params_json, item.trigger, _dumps(item.schedule), now),
+                    (workflow, item.id, QUEUED, item.params_json, item.trigger, dumps(item.schedule), now),
                 )
                 if cur.rowcount == 0:
                     if skip_existing:
@@ -464,13 +414,13 @@ class SQLiteStore(Store):
 
     async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
         rows = self._read(
-            f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id)
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND id = ?", (workflow, instance_id)
         )
-        return _instance(rows[0]) if rows else None
+        return instance_from_row(rows[0]) if rows else None
 
     async def get_by_pk(self, pk: int) -> InstanceRecord | None:
-        rows = self._read(f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE pk = ?", (pk,))
-        return _instance(rows[0]) if rows else None
+        rows = self._read(f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE pk = ?", (pk,))
+        return instance_from_row(rows[0]) if rows else None
 
     async def list_instances(
         self, workflow: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
@@ -478,16 +428,16 @@ class SQLiteStore(Store):
         before = int(cursor) if cursor else 2**62
         if status:
             rows = self._read(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND status = ? AND pk < ?"
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND status = ? AND pk < ?"
                 " ORDER BY pk DESC LIMIT ?",
                 (workflow, status, before, limit + 1),
             )
         else:
             rows = self._read(
-                f"SELECT {_INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND pk < ? ORDER BY pk DESC LIMIT ?",
+                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND pk < ? ORDER BY pk DESC LIMIT ?",
                 (workflow, before, limit + 1),
             )
-        items = [_instance(r) for r in rows[:limit]]
+        items = [instance_from_row(r) for r in rows[:limit]]
         next_cursor = str(items[-1].pk) if len(rows) > limit and items else None
         return Page(items, next_cursor)
 
@@ -547,10 +497,10 @@ class SQLiteStore(Store):
                 row = conn.execute(
                     "UPDATE instances SET status = ?, owner = ?, lease_until = ?, epoch = epoch + 1,"
                     " wake_requested = 0, wake_at = NULL, wait_types = NULL, started_at = COALESCE(started_at, ?)"
-                    f" WHERE pk = ? RETURNING {_INSTANCE_COLUMNS}",
+                    f" WHERE pk = ? RETURNING {INSTANCE_COLUMNS}",
                     (RUNNING, owner, lease_until, now, pk),
                 ).fetchone()
-                record = _instance(row)
+                record = instance_from_row(row)
                 if record.started_at == now:
                     _history(conn, pk, "WORKFLOW_START", now)
                 claimed.append(record)
@@ -579,8 +529,8 @@ class SQLiteStore(Store):
         return [r[0] for r in self._read("SELECT DISTINCT owner FROM instances WHERE owner IS NOT NULL")]
 
     async def load_steps(self, pk: int) -> list[StepRecord]:
-        rows = self._read(f"SELECT {_STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,))
-        return [_step(r) for r in rows]
+        rows = self._read(f"SELECT {STEP_COLUMNS} FROM steps WHERE instance_pk = ? ORDER BY seq", (pk,))
+        return [step_from_row(r) for r in rows]
 
     async def save_step(self, pk: int, epoch: int, step: StepRecord, *, durable: bool = True) -> str:
         def op(conn: sqlite3.Connection) -> str:
@@ -668,10 +618,10 @@ class SQLiteStore(Store):
             conn.execute(
                 "UPDATE instances SET status = ?, output = ?, error = ?, ended_at = ?, owner = NULL,"
                 " lease_until = NULL, wake_at = NULL, wait_types = NULL WHERE pk = ?",
-                (status, output_json, _dumps(error), now, pk),
+                (status, output_json, dumps(error), now, pk),
             )
             if status == COMPLETE:
-                _history(conn, pk, "WORKFLOW_SUCCESS", now, {"output": _loads(output_json)})
+                _history(conn, pk, "WORKFLOW_SUCCESS", now, {"output": loads(output_json)})
             else:
                 _history(conn, pk, "WORKFLOW_FAILURE", now, {"error": error})
 
@@ -796,7 +746,7 @@ class SQLiteStore(Store):
 
     async def history(self, pk: int) -> list[dict[str, Any]]:
         rows = self._read("SELECT type, ts, data FROM history WHERE instance_pk = ? ORDER BY seq", (pk,))
-        return [{"type": t, "timestamp": ts, "data": _loads(d)} for t, ts, d in rows]
+        return [{"type": t, "timestamp": ts, "data": loads(d)} for t, ts, d in rows]
 
     async def changed(self) -> bool:
         (version,) = self._read("PRAGMA data_version")[0]

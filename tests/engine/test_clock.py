@@ -1,4 +1,4 @@
-"""All time goes through the engine's clock: a test double that jumps makes hours pass at once."""
+"""All time goes through the engine's clock: perdure.testing.ManualClock makes hours pass at once."""
 
 from __future__ import annotations
 
@@ -7,36 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 from perdure import Engine, WorkflowEntrypoint
+from perdure.testing import ManualClock
 from tests.engine.util import until_status
 
 Make = Callable[..., Engine]
-
-
-class JumpingClock:
-    """Test double: time stands still until ``advance`` moves it (and wakes due sleepers)."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.t = start
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.t + seconds, future))
-        await future
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        due = [(t, f) for t, f in self._sleepers if t <= self.t]
-        self._sleepers = [(t, f) for t, f in self._sleepers if t > self.t]
-        for _, future in due:
-            if not future.done():
-                future.set_result(None)
 
 
 async def test_an_hour_long_sleep_and_ten_minute_retry_delay_pass_when_the_clock_jumps(make_engine: Make) -> None:
@@ -55,7 +29,7 @@ async def test_an_hour_long_sleep_and_ten_minute_retry_delay_pass_when_the_clock
 
             return await flaky()
 
-    clock = JumpingClock()
+    clock = ManualClock(start=1_800_000_000.0)
     start = clock.now()
     engine = make_engine(clock=clock)
     binding = engine.register(Slow, name="slow")

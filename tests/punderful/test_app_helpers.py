@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
+from perdure.testing import ManualClock
 from punderful.app import Punderful
 from punderful.config import Config
 
@@ -104,31 +105,7 @@ async def publish_all(app: Punderful, client: httpx.AsyncClient, texts: list[str
     return puns
 
 
-class JumpingClock:
-    """Test double for the engine's clock: time stands still until :meth:`advance`."""
-
-    def __init__(self, start: float | None = None) -> None:
-        self.t = time.time() if start is None else start
-        self._sleepers: list[tuple[float, asyncio.Future[None]]] = []
-
-    def now(self) -> float:
-        return self.t
-
-    async def sleep(self, seconds: float) -> None:
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._sleepers.append((self.t + seconds, future))
-        await future
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
-        due = [(t, f) for t, f in self._sleepers if t <= self.t]
-        self._sleepers = [(t, f) for t, f in self._sleepers if t > self.t]
-        for _, future in due:
-            if not future.done():
-                future.set_result(None)
+JumpingClock = ManualClock  # the engine's test clock, under the name these tests use
 
 
 async def eventually(check: Callable[[], Any], timeout: float = 30, interval: float = 0.05) -> Any:

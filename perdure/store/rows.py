@@ -1,0 +1,61 @@
+"""Rows to records and back, the same for every SQL backend: one column order, JSON as text."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .base import InstanceRecord, StepRecord
+
+INSTANCE_COLUMNS = (
+    "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
+    "output, error, wake_at, schedule, owner"
+)
+STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
+
+# -- row conversion ------------------------------------------------------------------------------
+
+
+def loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def instance_from_row(row: tuple[Any, ...]) -> InstanceRecord:
+    return InstanceRecord(
+        pk=row[0],
+        workflow=row[1],
+        id=row[2],
+        status=row[3],
+        params=json.loads(row[4]),
+        trigger=row[5],
+        created_at=row[6],
+        epoch=row[7],
+        started_at=row[8],
+        ended_at=row[9],
+        output=loads(row[10]),
+        error=loads(row[11]),
+        wake_at=row[12],
+        schedule=loads(row[13]),
+        owner=row[14],
+    )
+
+
+def step_from_row(row: tuple[Any, ...]) -> StepRecord:
+    return StepRecord(
+        kind=row[0],
+        name=row[1],
+        count=row[2],
+        status=row[3],
+        started_at=row[4],
+        config=loads(row[5]),
+        attempts=json.loads(row[6]),
+        result=loads(row[7]),
+        error=loads(row[8]),
+        ended_at=row[9],
+        wake_at=row[10],
+        seq=row[11],
+    )
