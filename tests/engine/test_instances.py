@@ -284,3 +284,18 @@ async def test_engine_options_are_validated() -> None:
         Engine("mysql://localhost/db")
     with pytest.raises(ValueError, match="durability"):
         Engine("sqlite:///x.db", durability="sometimes")
+
+
+async def test_resume_cancels_a_pending_pause(make_engine: Make, gate: type[Gate]) -> None:
+    engine = make_engine()
+    binding = engine.register(gate, name="gate")
+    async with engine:
+        instance = await binding.create()
+        while gate.runs["one"] == 0:
+            await asyncio.sleep(0.01)
+        await instance.pause()
+        assert (await instance.status())["status"] == "waitingForPause"
+        await instance.resume()
+        assert (await instance.status())["status"] == "running"
+        gate.gate.set()
+        assert (await instance.wait(5))["output"] == ["one", "two"]  # step two ran: no pause
