@@ -281,18 +281,24 @@ class Engine:
                     self._check_control = False
                     await self._reconcile()
                 free = self.max_concurrent - len(self._running)
+                tried = False
                 if claim_now and free > 0:
-                    claim_now = False
+                    claim_now, tried = False, True
                     now = self.clock.now()
                     claimed = await self.store.claim(self.owner, free, now, now + self.lease_ttl, list(self._registry))
                     for record in claimed:
                         self._launch(record)
                     if len(claimed) == free:
                         claim_now = True  # there may be more; claim again when a slot frees
-                next_wake = await self.store.next_wake_at()
+                # A timer counts only while a slot is free (a finished run nudges us), and one
+                # that is due although we just claimed is being handled: wait for the next tick.
+                next_wake = None
+                if len(self._running) < self.max_concurrent:
+                    next_wake = await self.store.next_wake_at(list(self._registry))
+                now = self.clock.now()
                 delay = self.poll_interval
-                if next_wake is not None:
-                    delay = min(delay, max(0.0, next_wake - self.clock.now()))
+                if next_wake is not None and (next_wake > now or not tried):
+                    delay = min(delay, max(0.0, next_wake - now))
                 if delay > 0 and not self._nudge.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):

@@ -210,8 +210,8 @@ class Store(abc.ABC):
 
     # -- timers, history, change detection -------------------------------------------------------
     @abc.abstractmethod
-    async def next_wake_at(self) -> float | None:
-        """The earliest ``wake_at`` of a waiting instance."""
+    async def next_wake_at(self, workflows: list[str] | None = None) -> float | None:
+        """The earliest ``wake_at`` of a waiting instance (of ``workflows``, when given)."""
 
     @abc.abstractmethod
     async def history(self, pk: int) -> list[dict[str, Any]]:

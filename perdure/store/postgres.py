@@ -780,8 +780,14 @@ class PostgresStore(Store):
         await self._transact(op)
 
     # -- timers, history, change detection -------------------------------------------------------
-    async def next_wake_at(self) -> float | None:
-        rows = await self._read("SELECT MIN(wake_at) FROM {s}.instances WHERE status = %s", (WAITING,))
+    async def next_wake_at(self, workflows: list[str] | None = None) -> float | None:
+        if workflows is None:
+            rows = await self._read("SELECT MIN(wake_at) FROM {s}.instances WHERE status = %s", (WAITING,))
+        else:
+            rows = await self._read(
+                "SELECT MIN(wake_at) FROM {s}.instances WHERE status = %s AND workflow = ANY(%s)",
+                (WAITING, list(workflows)),
+            )
         return rows[0][0] if rows else None
 
     async def history(self, pk: int) -> list[dict[str, Any]]:

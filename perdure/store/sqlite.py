@@ -740,8 +740,14 @@ class SQLiteStore(Store):
         await self._write(op)
 
     # -- timers, history, change detection -------------------------------------------------------
-    async def next_wake_at(self) -> float | None:
-        rows = self._read("SELECT MIN(wake_at) FROM instances WHERE status = ?", (WAITING,))
+    async def next_wake_at(self, workflows: list[str] | None = None) -> float | None:
+        if workflows is None:
+            rows = self._read("SELECT MIN(wake_at) FROM instances WHERE status = ?", (WAITING,))
+        else:
+            names = ",".join("?" * len(workflows))
+            rows = self._read(
+                f"SELECT MIN(wake_at) FROM instances WHERE status = ? AND workflow IN ({names})", (WAITING, *workflows)
+            )
         return rows[0][0] if rows else None
 
     async def history(self, pk: int) -> list[dict[str, Any]]:

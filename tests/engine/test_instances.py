@@ -17,6 +17,7 @@ from perdure import (
     WorkflowEntrypoint,
 )
 from perdure.cron import firing_id
+from perdure.store.base import NewInstance
 from tests.engine.util import until_status
 
 Make = Callable[..., Engine]
@@ -299,3 +300,40 @@ async def test_resume_cancels_a_pending_pause(make_engine: Make, gate: type[Gate
         assert (await instance.status())["status"] == "running"
         gate.gate.set()
         assert (await instance.wait(5))["output"] == ["one", "two"]  # step two ran: no pause
+
+
+async def test_a_due_timer_waits_for_a_free_slot_without_blocking_the_loop(make_engine: Make) -> None:
+    class Napper(WorkflowEntrypoint):
+        async def run(self, event: Any, step: Any) -> Any:
+            await step.sleep("nap", 200)
+            return "napped"
+
+    class Busy(WorkflowEntrypoint):
+        async def run(self, event: Any, step: Any) -> Any:
+            return await step.do("busy", lambda: asyncio.sleep(0.6, result="busy"))
+
+    engine = make_engine(max_concurrent=1, fast_wait=0.05)
+    napper = engine.register(Napper, name="napper")
+    busy = engine.register(Busy, name="busy")
+    # Another app's instance, due long ago, that no worker here may run: it must not keep us busy.
+    store = await engine.ensure_store()
+    await store.create_instances("elsewhere", [NewInstance("due", "{}")], now=1.0, skip_existing=False)
+    (other,) = await store.claim("gone", 1, now=2.0, lease_until=3.0, workflows=["elsewhere"])
+    await store.suspend(other.pk, other.epoch, wake_at=4.0, wait_types=[], now=3.0)
+    async with engine:
+        sleeping = await napper.create()
+        await until_status(sleeping, "waiting")
+        running = await busy.create()
+        ticks = 0
+
+        async def tick() -> None:  # proves the event loop keeps turning while the timer is due
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        ticker = asyncio.create_task(tick())
+        assert (await running.wait(5))["output"] == "busy"
+        assert (await sleeping.wait(5))["output"] == "napped"
+        ticker.cancel()
+    assert ticks > 30
