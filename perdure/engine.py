@@ -326,6 +326,7 @@ class Engine:
         for pk, (epoch, task) in list(self._running.items()):
             current = owned.get(pk)
             if current is None or current[0] != epoch:
+                log.info("perdure: instance %s moved on (terminated, restarted or taken over); cancelling its run", pk)
                 task.cancel()
 
     async def _lease_loop(self) -> None:
@@ -339,8 +340,7 @@ class Engine:
                 renewed = time.monotonic()
                 continue
             try:
-                async with asyncio.timeout(self.lease_ttl / 3):
-                    await self.store.renew_leases(self.owner, list(self._running), self.clock.now() + self.lease_ttl)
+                await self._renew_leases()
                 renewed = time.monotonic()
             except Exception:
                 log.exception("perdure could not renew its leases; retrying")
@@ -352,6 +352,19 @@ class Engine:
                     )
                     for _, task in self._running.values():
                         task.cancel()
+
+    async def _renew_leases(self) -> None:
+        """Renew, trying twice: after a long pause (a stopped process, a GC) the first try
+        often meets a connection the server has closed, and the second gets a fresh one."""
+        for attempt in (1, 2):
+            try:
+                async with asyncio.timeout(self.lease_ttl / 3):
+                    await self.store.renew_leases(self.owner, list(self._running), self.clock.now() + self.lease_ttl)
+                return
+            except Exception:
+                if attempt == 2:
+                    raise
+                await asyncio.sleep(0.05)
 
     async def _expire_dead_local_owners(self) -> None:
         """Instances held by a process on this host that no longer exists are claimable now,

@@ -167,7 +167,9 @@ async def test_sigstopped_worker_cannot_record_after_takeover(schema: Schema, tm
         assert status == {"status": "complete", "output": second.pid, "error": None}
         assert time.time() - stopped_at >= 1.0  # taken over only after the lease expired
         first.signal(signal.SIGCONT)
-        await until(lambda: fenced_log.read_text().strip(), timeout=10)
+        # Generous: after a long stop, the worker's pool may first replace connections the
+        # server closed (idle_in_transaction_session_timeout, pool_timeout 10 s).
+        await until(lambda: fenced_log.read_text().strip(), timeout=30)
     finally:
         first.stop()
         if second is not None:
