@@ -9,30 +9,9 @@ JSON as compact text, timestamps as float seconds.
 
 from __future__ import annotations
 
-import json
-from typing import Any
+from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row, step_row
 
-from .base import StepRecord
-from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row
-
-__all__ = ["INSTANCE_COLUMNS", "STEP_COLUMNS", "dumps", "instance_from_row", "loads", "step_from_row"]
-
-
-def step_row(pk: int, step: StepRecord) -> tuple[Any, ...]:
-    return (
-        pk,
-        step.kind,
-        step.name,
-        step.count,
-        step.status,
-        dumps(step.config),
-        json.dumps(step.attempts, separators=(",", ":")),
-        step.result_json if step.result_json is not None else dumps(step.result),
-        dumps(step.error),
-        step.started_at,
-        step.ended_at,
-        step.wake_at,
-    )
+__all__ = ["INSTANCE_COLUMNS", "STEP_COLUMNS", "dumps", "instance_from_row", "loads", "step_from_row", "step_row"]
 
 
 # -- the statements that carry the load -----------------------------------------------------------

@@ -59,3 +59,22 @@ def step_from_row(row: tuple[Any, ...]) -> StepRecord:
         wake_at=row[10],
         seq=row[11],
     )
+
+
+def step_row(pk: int, step: StepRecord) -> tuple[Any, ...]:
+    """Values for inserting one step: instance_pk, kind, name, count, status, config, attempts,
+    result, error, started_at, ended_at, wake_at (the order of both backends' upserts)."""
+    return (
+        pk,
+        step.kind,
+        step.name,
+        step.count,
+        step.status,
+        dumps(step.config),
+        json.dumps(step.attempts, separators=(",", ":")),
+        step.result_json if step.result_json is not None else dumps(step.result),
+        dumps(step.error),
+        step.started_at,
+        step.ended_at,
+        step.wake_at,
+    )

@@ -42,7 +42,7 @@ from .base import (
     StepRecord,
     Store,
 )
-from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row
+from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row, step_row
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
@@ -135,23 +135,6 @@ _UPSERT_STEP = (
     " config = excluded.config, attempts = excluded.attempts, result = excluded.result,"
     " error = excluded.error, ended_at = excluded.ended_at, wake_at = excluded.wake_at"
 )
-
-
-def _step_row(pk: int, step: StepRecord) -> tuple[Any, ...]:
-    return (
-        pk,
-        step.kind,
-        step.name,
-        step.count,
-        step.status,
-        dumps(step.config),
-        json.dumps(step.attempts, separators=(",", ":")),
-        step.result_json if step.result_json is not None else dumps(step.result),
-        dumps(step.error),
-        step.started_at,
-        step.ended_at,
-        step.wake_at,
-    )
 
 
 class _Op:
@@ -537,7 +520,7 @@ class SQLiteStore(Store):
             status = _fence(conn, pk, epoch)
             # Encoded at commit time, on the loop thread: a write that waited in the batch
             # stores the step's newest state, which is what a later write would store anyway.
-            conn.execute(_UPSERT_STEP, _step_row(pk, step))
+            conn.execute(_UPSERT_STEP, step_row(pk, step))
             return status
 
         key = (pk, step.kind, step.name, step.count)
@@ -561,7 +544,7 @@ class SQLiteStore(Store):
             if row is not None:
                 event = {"type": event_type, "payload": json.loads(row[1]), "timestamp": row[2]}
                 step.status, step.result, step.ended_at, step.wake_at = COMPLETE, event, now, None
-            conn.execute(_UPSERT_STEP, _step_row(pk, step))
+            conn.execute(_UPSERT_STEP, step_row(pk, step))
             if row is not None:
                 seq = conn.execute(
                     "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
