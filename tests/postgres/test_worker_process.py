@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,14 +16,6 @@ from tests.postgres.proxy import Proxy
 from tests.postgres.test_workers import client, until
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def schema() -> Iterator[Schema]:
-    created = Schema()
-    created.create()
-    yield created
-    created.drop()
 
 
 def test_a_bad_app_string_exits_with_a_message() -> None:

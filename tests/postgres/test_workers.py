@@ -14,7 +14,6 @@ import random
 import signal
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,14 +26,6 @@ from tests.postgres.proxy import Proxy
 pytestmark = pytest.mark.slow
 
 EXPECTED_OUTPUT = sum(i * i for i in range(CHAIN_STEPS))
-
-
-@pytest.fixture
-def schema() -> Iterator[Schema]:
-    created = Schema()
-    created.create()
-    yield created
-    created.drop()
 
 
 def client(schema: Schema) -> Engine:

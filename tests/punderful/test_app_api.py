@@ -14,6 +14,7 @@ from tests.punderful.test_app_helpers import (
     CHEESE,
     COMPUTER,
     GUITAR,
+    PUBLISH_STEPS,
     SKIER,
     client_for,
     eventually,
@@ -259,14 +260,7 @@ async def test_workflow_timeline_lists_every_publish_step(app: Punderful, client
     (pun,) = await publish_all(app, client, [COMPUTER])
     timeline = (await client.get(f"/api/puns/{pun['id']}/workflow")).json()
     assert timeline["status"] == "complete" and timeline["id"] == pun["id"]
-    assert [s["name"] for s in timeline["steps"]] == [
-        "content-moderation",
-        "create-pun-embedding",
-        "categorize-pun",
-        "create-categories-embedding",
-        "add-embeddings-to-vector-store",
-        "update-status-to-published",
-    ]
+    assert [s["name"] for s in timeline["steps"]] == PUBLISH_STEPS
     embedding = timeline["steps"][1]
     assert embedding["output"] == "[384 floats]" and embedding["durationMs"] >= 0
     assert len(embedding["attempts"]) == 1 and embedding["attempts"][0]["error"] is None

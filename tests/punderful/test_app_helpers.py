@@ -105,6 +105,16 @@ async def publish_all(app: Punderful, client: httpx.AsyncClient, texts: list[str
     return puns
 
 
+#: The publish workflow's steps, by the seed's exact names, in order.
+PUBLISH_STEPS = [
+    "content-moderation",
+    "create-pun-embedding",
+    "categorize-pun",
+    "create-categories-embedding",
+    "add-embeddings-to-vector-store",
+    "update-status-to-published",
+]
+
 JumpingClock = ManualClock  # the engine's test clock, under the name these tests use
 
 

@@ -21,6 +21,7 @@ from tests.punderful.test_app_helpers import (
     COMPUTER,
     GUITAR,
     OWL,
+    PUBLISH_STEPS,
     PUNS,
     SKIER,
     JumpingClock,
@@ -35,15 +36,6 @@ from tests.punderful.test_app_helpers import (
     submit,
     wait_done,
 )
-
-PUBLISH_STEPS = [
-    "content-moderation",
-    "create-pun-embedding",
-    "categorize-pun",
-    "create-categories-embedding",
-    "add-embeddings-to-vector-store",
-    "update-status-to-published",
-]
 
 
 def words(text: str) -> set[str]:

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from punderful.vectors import VectorIndex
-from tests.punderful.test_app_helpers import PUNS, ServerProcess
+from tests.punderful.test_app_helpers import PUBLISH_STEPS, PUNS, ServerProcess
 
 pytestmark = pytest.mark.slow
 
@@ -29,14 +29,6 @@ EXTRA = [
     "The math book looked sad.\nIt had too many problems.",
 ]
 TEXTS = PUNS + EXTRA
-STEPS = [
-    "content-moderation",
-    "create-pun-embedding",
-    "categorize-pun",
-    "create-categories-embedding",
-    "add-embeddings-to-vector-store",
-    "update-status-to-published",
-]
 
 
 def read(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[Any, ...]]:
@@ -133,5 +125,5 @@ def test_sigkill_mid_publish_then_restart_publishes_each_pun_exactly_once(tmp_pa
         by_instance.setdefault(str(instance_id), []).append(str(name))
         lost += sum(1 for a in json.loads(str(attempts)) if a.get("lost"))
     assert sorted(by_instance) == sorted(ids)
-    assert all(names == STEPS for names in by_instance.values())
+    assert all(names == PUBLISH_STEPS for names in by_instance.values())
     assert lost >= 1, "at least one attempt was cut short by a kill and run again"
