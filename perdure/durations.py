@@ -69,16 +69,3 @@ def parse_timestamp(value: object, *, what: str = "time") -> float:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
         return value / 1000.0
     raise ValidationError(f"{what} {value!r} must be an aware datetime or milliseconds since the epoch")
-
-
-def format_seconds(seconds: float) -> str:
-    """A short human form, e.g. ``1.5s`` or ``3m20s``, for logs and the CLI."""
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{sec:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
