@@ -8,7 +8,11 @@ environment:
   in the same schema, reached over connections the tests never kill);
 * ``PERDURE_TEST_LEASE_TTL`` (seconds), ``PERDURE_TEST_SAFETY_POLL`` (seconds);
 * ``PERDURE_TEST_FENCED_LOG``: a file to which every step write refused with ``Fenced`` is
-  appended, as ``<pid> <instance pk> <step name> <count>`` (the proof a late write was tried).
+  appended, as ``<pid> <instance pk> <step name> <count>`` (the proof a late write was tried);
+* ``PERDURE_TEST_DEAF=1``: the worker hears of no other process's changes (a test double of
+  the store's ``changed``/``on_change``: no notifications, no safety poll), so it claims only
+  when it starts or a run of its own ends, and learns that an instance moved on only when a
+  write for it is refused.
 
 Every step execution inserts a row ``(instance, step, pid, started)`` into ``effects`` when it
 starts and sets ``ended`` when it is done, so a test can see each execution, who ran it, and
@@ -123,6 +127,16 @@ def _log_fenced(engine: Engine, path: str) -> None:
     store.save_step = save_step
 
 
+def _deafen(engine: Engine) -> None:
+    store: Any = engine.store
+
+    async def changed() -> bool:
+        return False
+
+    store.changed = changed
+    store.on_change = lambda callback: None
+
+
 def make_engine() -> Engine:
     engine = Engine(
         os.environ["PERDURE_TEST_URL"],
@@ -136,4 +150,6 @@ def make_engine() -> Engine:
     fenced_log = os.environ.get("PERDURE_TEST_FENCED_LOG")
     if fenced_log:
         _log_fenced(engine, fenced_log)
+    if os.environ.get("PERDURE_TEST_DEAF") == "1":
+        _deafen(engine)
     return engine

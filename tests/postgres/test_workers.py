@@ -136,19 +136,22 @@ async def test_sigstopped_worker_cannot_record_after_takeover(schema: Schema, tm
         "PERDURE_TEST_FENCED_LOG": str(fenced_log),
     }
     app = new_app_name()
-    # No safety poll in the worker to be stopped: when it resumes, it must not learn of the
-    # takeover before its step returns, so that the step's late write is really attempted.
+    instance = await engine.binding("long").create(id="long-1")
+    # The worker to be stopped is deaf to other processes (no notifications, no safety poll):
+    # when it resumes, the only way it can learn of the takeover is the refusal of its late
+    # write, so that write is always attempted. (A hearing worker may instead learn of it
+    # first and cancel the run, which is also correct but proves nothing about fencing.)
+    # It claims the instance, created above, when it starts.
     first = Worker(
         schema.url(application_name=app),
         schema.effects_url(),
         tmp_path / "first.log",
-        PERDURE_TEST_SAFETY_POLL="60",
+        PERDURE_TEST_DEAF="1",
         **env,
     )
     second: Worker | None = None
     try:
         first.wait_running()
-        instance = await engine.binding("long").create(id="long-1")
         await until(lambda: schema.query("SELECT pid FROM effects WHERE pid = %s", (first.pid,)), timeout=10)
         first.signal(signal.SIGSTOP)
         stopped_at = time.time()
