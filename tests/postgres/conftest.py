@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.postgres.cluster import OwnedCluster, find_bindir
 from tests.postgres.helpers import Schema
 
 
@@ -16,3 +18,23 @@ def schema() -> Iterator[Schema]:
     created.create()
     yield created
     created.drop()
+
+
+@pytest.fixture
+def owned_cluster() -> Iterator[OwnedCluster]:
+    """A PostgreSQL cluster of this test's own (see tests/postgres/cluster.py), running; it may
+    be restarted at will. Stopped and removed afterwards. Without PostgreSQL's server binaries
+    the test is skipped, except in CI (``CI`` set), where it fails."""
+    bindir = find_bindir()
+    if bindir is None:
+        message = "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found"
+        if os.environ.get("CI"):
+            pytest.fail(message + " (CI is set: PostgreSQL tests must run)")
+        pytest.skip(message)
+    cluster = OwnedCluster(bindir)
+    try:
+        cluster.create()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
