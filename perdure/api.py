@@ -284,7 +284,11 @@ async def instances(request: Request, ops: Operations) -> Response:
         return JSONResponse(created if isinstance(created, dict) else {"instances": created}, status_code=201)
     query = request.query_params
     page = await ops.list_instances(
-        name, status=query.get("status"), cursor=query.get("cursor"), limit=query.get("limit")
+        name,
+        status=query.get("status"),
+        cursor=query.get("cursor"),
+        limit=query.get("limit"),
+        id_prefix=query.get("id_prefix"),
     )
     return JSONResponse(page)
 

@@ -7,7 +7,7 @@ straight to a database (``--db sqlite:///perdure.db`` or ``--db postgresql://...
     perdure workflows list
     perdure workflows describe NAME
     perdure workflows trigger NAME '{"key": "value"}' --id my-id
-    perdure instances list NAME --status errored --limit 20
+    perdure instances list NAME --status errored --limit 20 --id-prefix order-
     perdure instances describe NAME latest
     perdure instances pause|resume|terminate|restart NAME ID
     perdure instances send-event NAME ID --type approval --payload '{"ok": true}'
@@ -124,8 +124,10 @@ class HttpBackend:
     async def trigger(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
         return dict(await self.call("POST", f"/api/workflows/{_seg(name)}/instances", body=body))
 
-    async def instances(self, name: str, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
-        params = {"status": status, "limit": limit, "cursor": cursor}
+    async def instances(
+        self, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None = None
+    ) -> dict[str, Any]:
+        params = {"status": status, "limit": limit, "cursor": cursor, "id_prefix": id_prefix}
         return dict(await self.call("GET", f"/api/workflows/{_seg(name)}/instances", params=params))
 
     async def describe(self, name: str, instance_id: str) -> dict[str, Any]:
@@ -182,8 +184,10 @@ class DbBackend:
         assert isinstance(created, dict)
         return created
 
-    async def instances(self, name: str, status: str | None, limit: int, cursor: str | None) -> dict[str, Any]:
-        return await self.ops.list_instances(name, status=status, limit=limit, cursor=cursor)
+    async def instances(
+        self, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None = None
+    ) -> dict[str, Any]:
+        return await self.ops.list_instances(name, status=status, limit=limit, cursor=cursor, id_prefix=id_prefix)
 
     async def describe(self, name: str, instance_id: str) -> dict[str, Any]:
         return await self.ops.describe(name, instance_id)
@@ -314,13 +318,17 @@ def _table(*headers: str) -> Table:
 
 def _render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None:
     if not workflows:
-        console.print("No workflows: none is registered on the server and the database has no instances.")
+        console.print("No workflows: no engine registered one on this database, and it has no instances.")
         return
-    table = _table("Name", "Class", "Instances", "Total")
+    table = _table("Name", "Class", "Instances", "Total", "Last registered")
     for wf in workflows:
         counts = ", ".join(f"{status} {n}" for status, n in wf["instances"].items()) or "-"
         table.add_row(
-            wf["name"], wf["class_name"] or ("-" if wf["registered"] else "(not registered)"), counts, str(wf["total"])
+            wf["name"],
+            wf["class_name"] or "(not registered)",
+            counts,
+            str(wf["total"]),
+            _t(wf.get("last_registered_at")),
         )
     console.print(table)
 
@@ -328,9 +336,10 @@ def _render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None
 def _render_workflow(console: Console, wf: dict[str, Any]) -> None:
     grid = Table.grid(padding=(0, 2))
     grid.add_row("Name:", wf["name"])
-    grid.add_row("Class:", wf["class_name"] or "(not registered here)")
+    grid.add_row("Class:", wf["class_name"] or "(not registered)")
     grid.add_row("Schedules:", ", ".join(wf["schedules"]) or "-")
     grid.add_row("Step limit:", str(wf["step_limit"] or "-"))
+    grid.add_row("Last registered:", _t(wf.get("last_registered_at")))
     grid.add_row("Instances:", f"{wf['total']} ({', '.join(f'{s} {n}' for s, n in wf['instances'].items()) or 'none'})")
     console.print(grid)
 
@@ -499,11 +508,14 @@ def instances() -> None:
 @click.option("--status", type=click.Choice(STATUSES), help="only instances with this status")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 @click.option("--cursor", help="continue from a previous page")
+@click.option("--id-prefix", help="only instances whose id starts with this")
 @client_options
 @click.pass_context
-def instances_list(ctx: click.Context, name: str, status: str | None, limit: int, cursor: str | None) -> None:
+def instances_list(
+    ctx: click.Context, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None
+) -> None:
     """Instances of NAME, newest first."""
-    _emit(ctx, _run(ctx, lambda b: b.instances(name, status, limit, cursor)), _render_instances)
+    _emit(ctx, _run(ctx, lambda b: b.instances(name, status, limit, cursor, id_prefix)), _render_instances)
 
 
 @instances.command("describe")

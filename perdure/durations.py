@@ -56,7 +56,7 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
 
 @functools.lru_cache(maxsize=1024)
 def _parse_text(value: str) -> float | None:
-    match = _DURATION_RE.match(value)
+    match = _DURATION_RE.fullmatch(value)
     return None if match is None else float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 

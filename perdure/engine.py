@@ -34,7 +34,7 @@ from .entrypoint import WorkflowEntrypoint
 from .errors import ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
 from .serde import error_info
-from .store.base import COMPLETE, ERRORED, TERMINAL, Fenced, InstanceRecord, Store
+from .store.base import COMPLETE, ERRORED, TERMINAL, Fenced, InstanceRecord, Store, WorkflowRecord
 from .tracing import span
 
 log = logging.getLogger("perdure")
@@ -73,6 +73,10 @@ class Registration:
     step_limit: int
     binding: WorkflowBinding = field(init=False)
 
+    def record(self) -> WorkflowRecord:
+        """What the store keeps of it, for operators' tools in other processes."""
+        return WorkflowRecord(self.name, self.cls.__name__, list(self.schedules), self.step_limit)
+
 
 class Engine:
     """Durable execution on one database.
@@ -82,8 +86,9 @@ class Engine:
 
     Options: ``max_concurrent`` running instances per engine (100), ``poll_interval`` seconds
     between checks for other processes' writes (0.05), ``lease_ttl`` seconds before a silent
-    worker's instances are taken over (5), ``fast_wait`` seconds up to which a sleep or retry
-    delay is waited in memory instead of suspending (1), ``clock`` (the one source of time),
+    worker's instances are taken over (5; leases run on the wall clock), ``fast_wait`` seconds up
+    to which a sleep or retry delay is waited in memory instead of suspending (1), ``clock``
+    (the one source of workflow time: sleeps, retry delays, timeouts),
     and store options such as ``durability="full"|"normal"`` for SQLite.
     """
 
@@ -159,6 +164,9 @@ class Engine:
         self._registry[name] = registration
         if self._started:
             self._start_schedules(registration)
+            self._background.append(
+                asyncio.create_task(self._announce([registration]), name=f"perdure-register-{name}")
+            )
         return registration.binding
 
     @property
@@ -183,6 +191,9 @@ class Engine:
         if self._started:
             return
         await self.ensure_store()
+        # Tell the database which workflows run here, so that tools in other processes (the
+        # CLI with --db, a server without the application) can list and trigger them.
+        await self.store.register_workflows([r.record() for r in self._registry.values()], self.clock.now())
         self._started = True
         self._stopping = False
         self._nudge = asyncio.Event()
@@ -221,6 +232,13 @@ class Engine:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+    async def _announce(self, registrations: list[Registration]) -> None:
+        """Record a workflow registered after :meth:`start` (start records the others)."""
+        try:
+            await self.store.register_workflows([r.record() for r in registrations], self.clock.now())
+        except Exception:
+            log.exception("perdure: could not record the registration of %s", [r.name for r in registrations])
 
     def _start_schedules(self, registration: Registration) -> None:
         from .cron import run_schedule
@@ -284,8 +302,10 @@ class Engine:
                 tried = False
                 if claim_now and free > 0:
                     claim_now, tried = False, True
-                    now = self.clock.now()
-                    claimed = await self.store.claim(self.owner, free, now, now + self.lease_ttl, list(self._registry))
+                    now, wall = self.clock.now(), time.time()
+                    claimed = await self.store.claim(
+                        self.owner, free, now, wall + self.lease_ttl, list(self._registry), lease_now=wall
+                    )
                     for record in claimed:
                         self._launch(record)
                     if len(claimed) == free:
@@ -359,7 +379,7 @@ class Engine:
         for attempt in (1, 2):
             try:
                 async with asyncio.timeout(self.lease_ttl / 3):
-                    await self.store.renew_leases(self.owner, list(self._running), self.clock.now() + self.lease_ttl)
+                    await self.store.renew_leases(self.owner, list(self._running), time.time() + self.lease_ttl)
                 return
             except Exception:
                 if attempt == 2:

@@ -11,14 +11,16 @@ Two layers live here:
   one :class:`~perdure.Engine`. The API server and ``perdure --db`` both use it, so an
   answer has the same shape whether it came over HTTP or straight from the database.
 
-Workflows an operator can see are those registered on the engine plus those that have
-instances in the store (another application may share the database).
+Workflows an operator can see are those registered on this engine, those some engine
+registered on the database when it started (a worker elsewhere), and those with instances in
+the store (another application may share the database).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -27,7 +29,7 @@ from . import validators
 from .binding import Instance, WorkflowBinding
 from .errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
 from .serde import public_error
-from .store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord
+from .store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -264,6 +266,25 @@ def check_limit(limit: object) -> int:
     return value
 
 
+_ID_PREFIX_RE = re.compile(r"[a-zA-Z0-9_-]*")
+
+
+def check_id_prefix(value: object) -> str | None:
+    """An instance id prefix: the characters ids may hold, at most as long as an id; empty
+    means none."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"id_prefix must be a string, got {type(value).__name__}")
+    if len(value) > validators.MAX_INSTANCE_ID:
+        raise ValidationError(
+            f"id_prefix is {len(value)} characters long; ids have at most {validators.MAX_INSTANCE_ID}"
+        )
+    if not _ID_PREFIX_RE.fullmatch(value):
+        raise ValidationError(f"id_prefix {value[:60]!r} may contain only letters, digits, '_' and '-', as ids do")
+    return value
+
+
 def parse_from_step(value: object) -> dict[str, Any] | None:
     """Validate ``from_step`` (``{"name", "count"?, "type"?}``) of a restart request."""
     if value is None:
@@ -308,34 +329,44 @@ class Operations:
         store = await self.engine.ensure_store()
         return await store.count_by_status(workflow)
 
+    async def _known(self) -> dict[str, WorkflowRecord]:
+        """Workflows engines registered on the database (a handful of rows)."""
+        store = await self.engine.ensure_store()
+        return {w.name: w for w in await store.known_workflows()}
+
     async def workflow_names(self) -> list[str]:
-        names = set(self.engine.workflows) | set(await self._counts())
+        names = set(self.engine.workflows) | set(await self._known()) | set(await self._counts())
         return sorted(names)
 
-    def _workflow_view(self, name: str, counts: dict[str, int]) -> dict[str, Any]:
+    def _workflow_view(self, name: str, counts: dict[str, int], stored: WorkflowRecord | None) -> dict[str, Any]:
+        """``registered`` means registered on *this* engine, which then describes it; otherwise
+        the store's record of the last engine that started with it does."""
         registration = self.engine.workflows.get(name)
+        described = registration.record() if registration is not None else stored
         return {
             "name": name,
             "registered": registration is not None,
-            "class_name": registration.cls.__name__ if registration else None,
-            "schedules": list(registration.schedules) if registration else [],
-            "step_limit": registration.step_limit if registration else None,
+            "class_name": described.class_name if described else None,
+            "schedules": list(described.schedules) if described else [],
+            "step_limit": described.step_limit if described else None,
+            "last_registered_at": iso(stored.updated_at) if stored else None,
             "instances": {status: counts[status] for status in STATUSES if counts.get(status)},
             "total": sum(counts.values()),
         }
 
     async def list_workflows(self) -> list[dict[str, Any]]:
-        counts = await self._counts()
-        names = sorted(set(self.engine.workflows) | set(counts))
-        return [self._workflow_view(name, counts.get(name, {})) for name in names]
+        counts, known = await self._counts(), await self._known()
+        names = sorted(set(self.engine.workflows) | set(known) | set(counts))
+        return [self._workflow_view(name, counts.get(name, {}), known.get(name)) for name in names]
 
     async def describe_workflow(self, name: str) -> dict[str, Any]:
         await self._check_workflow(name)
         counts = await self._counts(name)
-        return self._workflow_view(name, counts.get(name, {}))
+        return self._workflow_view(name, counts.get(name, {}), (await self._known()).get(name))
 
     async def _check_workflow(self, name: str) -> WorkflowBinding:
-        """The binding for ``name``: a registered workflow, or one with instances in the store."""
+        """The binding for ``name``: registered here, registered on the database by an engine
+        that started (a worker elsewhere), or with instances in the store."""
         if not isinstance(name, str) or not name:
             raise ValidationError("workflow name must be a non-empty string")
         if name in self.engine.workflows:
@@ -343,8 +374,10 @@ class Operations:
         if name in self._bindings:
             return self._bindings[name]
         validators.workflow_name(name)
-        if name not in await self._counts(name):
-            raise WorkflowNotFoundError(f"no workflow named {name!r}: it is not registered and has no instances")
+        if name not in await self._known() and name not in await self._counts(name):
+            raise WorkflowNotFoundError(
+                f"no workflow named {name!r}: no engine registered it on this database and it has no instances"
+            )
         binding = WorkflowBinding(self.engine, name)  # control works through the store alone
         self._bindings[name] = binding
         return binding
@@ -372,16 +405,24 @@ class Operations:
         return instance_summary(await instance.record())
 
     async def list_instances(
-        self, name: str, *, status: object = None, cursor: str | None = None, limit: object = None
+        self,
+        name: str,
+        *,
+        status: object = None,
+        cursor: str | None = None,
+        limit: object = None,
+        id_prefix: object = None,
     ) -> dict[str, Any]:
-        """Newest first: ``{"instances": [...], "next_cursor": str | None}``."""
+        """Newest first: ``{"instances": [...], "next_cursor": str | None}``; with ``id_prefix``,
+        only instances whose id starts with it."""
         wanted = check_status(status)
         size = check_limit(limit)
+        prefix = check_id_prefix(id_prefix)
         store_cursor = decode_cursor(cursor)
         await self._check_workflow(name)
         store = await self.engine.ensure_store()
         try:
-            page = await store.list_instances(name, status=wanted, cursor=store_cursor, limit=size)
+            page = await store.list_instances(name, status=wanted, cursor=store_cursor, limit=size, id_prefix=prefix)
         except Exception as exc:
             if store_cursor is not None and _bad_value(exc):  # a forged cursor the store cannot use
                 raise ValidationError("cursor is not one this server issued") from None

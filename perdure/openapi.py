@@ -31,6 +31,7 @@ ERROR_CODES: dict[str, int] = {
 }
 
 ID_PATTERN = "^[a-zA-Z0-9_][a-zA-Z0-9_-]*$"
+ID_PREFIX_PATTERN = "^[a-zA-Z0-9_-]*$"
 STEP_NAME_PATTERN = r"^[^\x00-\x1f\x7f]*$"  # no control characters
 HISTORY_TYPES = [
     "WORKFLOW_QUEUED",
@@ -108,13 +109,33 @@ def _schemas() -> dict[str, Any]:
         "ErrorInfo": error_info,
         "Workflow": {
             "type": "object",
-            "required": ["name", "registered", "class_name", "schedules", "step_limit", "instances", "total"],
+            "required": [
+                "name",
+                "registered",
+                "class_name",
+                "schedules",
+                "step_limit",
+                "last_registered_at",
+                "instances",
+                "total",
+            ],  # fmt: skip
             "properties": {
                 "name": {"type": "string"},
-                "registered": {"type": "boolean", "description": "registered on this server's engine"},
+                "registered": {
+                    "type": "boolean",
+                    "description": "registered on this server's engine (class_name, schedules and step_limit are then "
+                    "its own; otherwise those of the last engine that started with it on this database)",
+                },
                 "class_name": _nullable({"type": "string"}),
                 "schedules": {"type": "array", "items": {"type": "string"}},
                 "step_limit": _nullable({"type": "integer"}),
+                "last_registered_at": _nullable(
+                    {
+                        "type": "string",
+                        "format": "date-time",
+                        "description": "when an engine last started with it on this database (null: never)",
+                    }
+                ),
                 "instances": {
                     "type": "object",
                     "description": "number of instances by status (statuses with none are left out)",
@@ -386,7 +407,10 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                     "operationId": "listWorkflows",
                     "summary": "Workflows with their instance counts by status",
                     "responses": _responses(
-                        _ok("registered workflows and those with stored instances", "WorkflowList")
+                        _ok(
+                            "workflows registered here or by any engine on the database, and those with instances",
+                            "WorkflowList",
+                        )
                     ),
                 }
             },
@@ -405,6 +429,12 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                         name,
                         _param("status", "query", {"type": "string", "enum": list(STATUSES)}, "only this status"),
                         _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page"),
+                        _param(
+                            "id_prefix",
+                            "query",
+                            {"type": "string", "maxLength": MAX_INSTANCE_ID, "pattern": ID_PREFIX_PATTERN},
+                            "only instances whose id starts with this (case-sensitive, no wildcards; empty: all)",
+                        ),
                         _param(
                             "limit",
                             "query",

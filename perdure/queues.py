@@ -201,7 +201,7 @@ Handler = Callable[[list[Message]], Awaitable[None]]
 
 
 def _check_name(name: object) -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise ValidationError(
             f"queue name {name!r} must be 1-64 characters of letters, digits, '_' and '-', not starting with '-'"
         )

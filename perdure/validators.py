@@ -30,7 +30,7 @@ def _check_pattern(value: object, what: str, max_len: int) -> str:
         raise ValidationError(f"{what} must be a string, got {type(value).__name__}")
     if not 1 <= len(value) <= max_len:
         raise ValidationError(f"{what} {value[:120]!r} must be 1-{max_len} characters long (got {len(value)})")
-    if not _ID_RE.match(value):
+    if not _ID_RE.fullmatch(value):
         raise ValidationError(
             f"{what} {value!r} may contain only letters, digits, '_' and '-', and must not start with '-'"
         )

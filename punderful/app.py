@@ -102,7 +102,7 @@ def clean_query(raw: object, max_length: int) -> str:
 
 def check_pun_id(pun_id: str) -> str:
     """Pun ids are UUIDs or ``<prefix>-<hash>``; anything else cannot exist (404, not a query)."""
-    if not _PUN_ID_RE.match(pun_id):
+    if not _PUN_ID_RE.fullmatch(pun_id):
         raise InputError("not_found", f"no pun with id {pun_id!r}", 404)
     return pun_id
 

@@ -224,7 +224,7 @@ class PunDB:
         """Connect to PostgreSQL; the tables live in ``schema`` (created if missing)."""
         import psycopg
 
-        if not _SCHEMA_NAME_RE.match(schema):
+        if not _SCHEMA_NAME_RE.fullmatch(schema):
             raise ValueError(f"schema {schema!r} must match {_SCHEMA_NAME_RE.pattern}")
         conn = psycopg.connect(url, autocommit=True)
         conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')

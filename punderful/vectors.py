@@ -132,7 +132,7 @@ class VectorStore(Protocol):
 
 
 def _check_namespace(namespace: str) -> str:
-    if not _NAMESPACE_RE.match(namespace):
+    if not _NAMESPACE_RE.fullmatch(namespace):
         raise VectorIndexError(
             f"namespace {namespace!r} must match {_NAMESPACE_RE.pattern} (lower-case letters, digits and underscores)"
         )
@@ -391,7 +391,7 @@ class PgVectorIndex:
         import psycopg
         from psycopg import sql
 
-        if not _NAMESPACE_RE.match(schema):
+        if not _NAMESPACE_RE.fullmatch(schema):
             raise VectorIndexError(f"schema {schema!r} must match {_NAMESPACE_RE.pattern}")
         self._sql = sql
         self._schema_name = schema

@@ -94,7 +94,7 @@ def _cookie(scope: Scope) -> str | None:
             except Exception:  # a malformed Cookie header is treated as no cookie
                 return None
             morsel = jar.get(COOKIE)
-            if morsel is not None and _ANON_RE.match(morsel.value):
+            if morsel is not None and _ANON_RE.fullmatch(morsel.value):
                 return morsel.value
     return None
 

@@ -2,8 +2,9 @@
 
 * ``/dashboard/`` - workflows with their instance counts by status and the last hour's
   throughput (instances created and finished per minute);
-* ``/dashboard/workflows/{name}`` - instances, newest first, filtered by status or found by
-  id, with a form to trigger a new one;
+* ``/dashboard/workflows/{name}`` - instances, newest first, filtered by status and by id
+  prefix (the instance with exactly the typed id, or ``latest``, comes first), with a form to
+  trigger a new one;
 * ``/dashboard/workflows/{name}/instances/{id}`` - one instance: status, params, output,
   error, a Gantt-like timeline (a bar per step, a segment per attempt; output, error, config
   and attempts in ``<details>``), the event history, and buttons for pause / resume /
@@ -30,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ..errors import PerdureError, ValidationError
-from ..inspect import ACTIONS, Operations
+from ..inspect import ACTIONS, Operations, check_id_prefix, instance_summary
 from ..store.base import STATUSES, TERMINAL
 
 HERE = Path(__file__).parent
@@ -131,18 +132,21 @@ async def instances_page(request: Request) -> Response:
     query = request.query_params
     search = (query.get("id") or "").strip()
     status = query.get("status") or None
+    cursor = query.get("cursor") or None
     try:
         workflow = await ops.describe_workflow(name)
         error = None
-        if search:
-            try:
-                page: dict[str, Any] = {"instances": [_summary(await ops.describe(name, search))], "next_cursor": None}
-            except PerdureError as exc:
-                page, error = {"instances": [], "next_cursor": None}, str(exc)
+        page: dict[str, Any]
+        try:
+            check_id_prefix(search)
+        except ValidationError as exc:  # said next to the search box, not as an error page
+            page, error = {"instances": [], "next_cursor": None}, str(exc)
         else:
             page = await ops.list_instances(
-                name, status=status, cursor=query.get("cursor") or None, limit=query.get("limit") or None
+                name, status=status, cursor=cursor, limit=query.get("limit") or None, id_prefix=search
             )
+            if search:
+                page["instances"] = await _exact_first(ops, name, search, status, page["instances"], first=not cursor)
     except ValidationError as exc:
         return _error_page(request, exc, 400)
     except PerdureError as exc:
@@ -151,6 +155,7 @@ async def instances_page(request: Request) -> Response:
         "workflow": workflow,
         "page": page,
         "status": status or "",
+        "cursor": cursor or "",
         "search": search,
         "search_error": error,
         "title": name,
@@ -158,9 +163,20 @@ async def instances_page(request: Request) -> Response:
     return _render(request, "instances.html", context)
 
 
-def _summary(detail: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "workflow", "status", "trigger", "queued", "start", "end", "duration_ms", "error")
-    return {k: detail[k] for k in keys}
+async def _exact_first(
+    ops: Operations, name: str, search: str, status: str | None, found: list[dict[str, Any]], *, first: bool
+) -> list[dict[str, Any]]:
+    """The prefix matches, with the instance the search names exactly (its id, or ``latest``)
+    on top of the first page and left out of later ones: typing a whole id finds that one
+    instance first, however many newer ids it is a prefix of."""
+    try:
+        exact = await ops.get_record(name, search)
+    except PerdureError:  # no such id (or not a whole id): the prefix matches are the answer
+        return found
+    if status and exact.status != status:
+        return found
+    rest = [i for i in found if i["id"] != exact.id]
+    return [instance_summary(exact), *rest] if first else rest
 
 
 def _timeline(detail: dict[str, Any]) -> dict[str, Any]:

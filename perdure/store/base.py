@@ -1,7 +1,8 @@
 """The storage interface: everything the engine asks of a database.
 
 A backend keeps four kinds of rows: instances, steps (one per ``(kind, name, count)``, with its
-attempts), events sent to instances, and an instance-level history. Every write a worker makes
+attempts), events sent to instances, and an instance-level history; and, beside them, the
+workflows engines registered (so that tools in other processes know which exist). Every write a worker makes
 on behalf of a running instance carries the instance's ``epoch`` (a fencing token bumped on each
 claim, terminate and restart): a backend must refuse such a write with :class:`Fenced` when the
 epoch moved on, so a worker that lost an instance can never record a result for it.
@@ -92,6 +93,21 @@ class NewInstance:
 
 
 @dataclass(slots=True)
+class WorkflowRecord:
+    """A workflow as the last engine that started with it registered it: what operators' tools
+    in other processes (``perdure --db``, a server without the application) show and may trigger.
+
+    ``registered_at`` is the first registration on this database, ``updated_at`` the latest."""
+
+    name: str
+    class_name: str
+    schedules: list[str]
+    step_limit: int
+    registered_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(slots=True)
 class Page:
     items: list[InstanceRecord]
     next_cursor: str | None
@@ -124,24 +140,54 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def list_instances(
-        self, workflow: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        workflow: str,
+        *,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        id_prefix: str | None = None,
     ) -> Page:
-        """Newest first; ``cursor`` is opaque and comes from the previous page."""
+        """Newest first; ``cursor`` is opaque and comes from the previous page.
+
+        ``id_prefix`` keeps the instances whose id starts with it, compared code point by code
+        point (no wildcards, case-sensitive), through an index on ``(workflow, id)``."""
 
     @abc.abstractmethod
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
         """``{workflow: {status: n}}``."""
 
+    # -- workflows -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def register_workflows(self, workflows: list[WorkflowRecord], now: float) -> None:
+        """Insert or update one row per workflow: ``registered_at`` stays from the first time,
+        everything else (``updated_at = now``) is replaced. An engine calls it when it starts."""
+
+    @abc.abstractmethod
+    async def known_workflows(self) -> list[WorkflowRecord]:
+        """Every workflow an engine registered on this database, by name."""
+
     # -- running instances (fenced by epoch) ---------------------------------------------------
     @abc.abstractmethod
     async def claim(
-        self, owner: str, limit: int, now: float, lease_until: float, workflows: list[str]
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_until: float,
+        workflows: list[str],
+        *,
+        lease_now: float | None = None,
     ) -> list[InstanceRecord]:
         """Mark up to ``limit`` runnable instances of ``workflows`` running for ``owner`` and
         bump their epoch.
 
         Runnable, in priority order: waiting instances whose ``wake_at`` passed, queued ones
-        (oldest first), and running ones whose lease expired (their worker died)."""
+        (oldest first), and running ones whose lease expired (their worker died).
+
+        ``now`` is the engine's clock (timers, timestamps); leases are compared with
+        ``lease_now`` (default ``now``), the wall clock in the engine, because a lease measures
+        whether a process is alive, which a test clock that jumps an hour must not decide."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:

@@ -9,9 +9,34 @@ JSON as compact text, timestamps as float seconds.
 
 from __future__ import annotations
 
-from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row, step_row
+from .rows import (
+    INSTANCE_COLUMNS,
+    STEP_COLUMNS,
+    WORKFLOW_COLUMNS,
+    WORKFLOW_UPSERT,
+    dumps,
+    instance_from_row,
+    loads,
+    prefix_bounds,
+    step_from_row,
+    step_row,
+    workflow_from_row,
+    workflow_rows,
+)
 
-__all__ = ["INSTANCE_COLUMNS", "STEP_COLUMNS", "dumps", "instance_from_row", "loads", "step_from_row", "step_row"]
+__all__ = [
+    "INSTANCE_COLUMNS",
+    "STEP_COLUMNS",
+    "WORKFLOW_COLUMNS",
+    "dumps",
+    "instance_from_row",
+    "loads",
+    "prefix_bounds",
+    "step_from_row",
+    "step_row",
+    "workflow_from_row",
+    "workflow_rows",
+]
 
 
 # -- the statements that carry the load -----------------------------------------------------------
@@ -118,7 +143,7 @@ CLAIM = f"""
         ORDER BY pk LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
     expired AS (
         SELECT pk, status FROM {{s}}.instances
-        WHERE status IN ('running', 'waitingForPause') AND lease_until < %(now)s
+        WHERE status IN ('running', 'waitingForPause') AND lease_until < %(lease_now)s
           AND workflow = ANY(%(workflows)s::text[])
         LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
     paused AS (
@@ -142,3 +167,9 @@ CLAIM = f"""
         INSERT INTO {{s}}.history (instance_pk, type, ts, data)
         SELECT pk, 'WORKFLOW_START', %(now)s, NULL FROM claimed WHERE started_at = %(now)s)
     SELECT claimed.* FROM claimed JOIN chosen USING (pk) ORDER BY chosen.tier, chosen.ord"""
+
+# An engine's registrations, one array per column, as one upsert (rows come sorted by name).
+REGISTER_WORKFLOWS = f"""
+    INSERT INTO {{s}}.workflows ({WORKFLOW_COLUMNS})
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[])
+    {WORKFLOW_UPSERT}"""

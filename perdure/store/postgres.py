@@ -80,6 +80,7 @@ from .base import (
     Page,
     StepRecord,
     Store,
+    WorkflowRecord,
 )
 from .migrations.postgres import migrate
 from .pg_commit import Conn, GroupCommit, Outcome, Transactions, Write, WriteFn
@@ -89,15 +90,20 @@ from .pg_sql import (
     CREATE,
     GIVE_UP,
     INSTANCE_COLUMNS,
+    REGISTER_WORKFLOWS,
     SAVE_STEP,
     SAVE_STEPS,
     STEP_COLUMNS,
     UPSERT_STEP,
+    WORKFLOW_COLUMNS,
     dumps,
     instance_from_row,
     loads,
+    prefix_bounds,
     step_from_row,
     step_row,
+    workflow_from_row,
+    workflow_rows,
 )
 
 log = logging.getLogger("perdure.postgres")
@@ -120,7 +126,7 @@ def parse_url(url: str, schema: str | None = None) -> tuple[str, str]:
     if in_url and schema is not None and in_url[0] != schema:
         raise ValidationError(f"schema={schema!r} contradicts the url's schema={in_url[0]!r}")
     chosen = schema if schema is not None else (in_url[0] if in_url else "perdure")
-    if not _SCHEMA_RE.match(chosen):
+    if not _SCHEMA_RE.fullmatch(chosen):
         raise ValidationError(
             f"schema name {chosen!r} must be 1-63 letters, digits and '_' and must not start with a digit"
         )
@@ -418,21 +424,27 @@ class PostgresStore(Store):
         return instance_from_row(rows[0]) if rows else None
 
     async def list_instances(
-        self, workflow: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        workflow: str,
+        *,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        id_prefix: str | None = None,
     ) -> Page:
-        before = int(cursor) if cursor else 2**62
+        """Mirrors sqlite's; ids compare ``COLLATE "C"`` (bytes, as SQLite compares them), the
+        order of the index ``ix_instances_id_prefix`` (migration 3)."""
+        where, params = "workflow = %s AND pk < %s", [workflow, int(cursor) if cursor else 2**62]
         if status:
-            rows = await self._read(
-                f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND status = %s AND pk < %s"
-                " ORDER BY pk DESC LIMIT %s",
-                (workflow, status, before, limit + 1),
-            )
-        else:
-            rows = await self._read(
-                f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND pk < %s"
-                " ORDER BY pk DESC LIMIT %s",
-                (workflow, before, limit + 1),
-            )
+            where += " AND status = %s"
+            params.append(status)
+        if id_prefix:
+            where += ' AND id COLLATE "C" >= %s AND id COLLATE "C" < %s'
+            params.extend(prefix_bounds(id_prefix))
+        rows = await self._read(
+            f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE {where} ORDER BY pk DESC LIMIT %s",
+            (*params, limit + 1),
+        )
         items = [instance_from_row(r) for r in rows[:limit]]
         next_cursor = str(items[-1].pk) if len(rows) > limit and items else None
         return Page(items, next_cursor)
@@ -450,15 +462,48 @@ class PostgresStore(Store):
             counts.setdefault(wf, {})[status] = int(n)
         return counts
 
+    # -- workflows -------------------------------------------------------------------------------
+    async def register_workflows(self, workflows: list[WorkflowRecord], now: float) -> None:
+        """One statement (:data:`REGISTER_WORKFLOWS`) on the pool, like a control call."""
+        rows = workflow_rows(workflows, now)
+        if not rows:
+            return
+        columns = [list(column) for column in zip(*rows, strict=True)]
+
+        async def op(conn: Conn) -> None:
+            await conn.execute(self._q(REGISTER_WORKFLOWS), columns)
+
+        ((_, error),) = await self._transactions.commit([Write(op, single=True, idempotent=True)])
+        if error is not None:
+            raise error
+
+    async def known_workflows(self) -> list[WorkflowRecord]:
+        rows = await self._read(f"SELECT {WORKFLOW_COLUMNS} FROM {{s}}.workflows ORDER BY name")
+        return [workflow_from_row(r) for r in rows]
+
     # -- running instances -----------------------------------------------------------------------
     async def claim(
-        self, owner: str, limit: int, now: float, lease_until: float, workflows: list[str]
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_until: float,
+        workflows: list[str],
+        *,
+        lease_now: float | None = None,
     ) -> list[InstanceRecord]:
         """Mirrors sqlite's claim, in one statement (:data:`CLAIM`). Every candidate is locked
         ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint rows without waiting."""
         if not workflows:
             return []
-        params = {"now": now, "workflows": workflows, "limit": limit, "owner": owner, "lease": lease_until}
+        params = {
+            "now": now,
+            "lease_now": now if lease_now is None else lease_now,
+            "workflows": workflows,
+            "limit": limit,
+            "owner": owner,
+            "lease": lease_until,
+        }
 
         async def op(conn: Conn) -> list[InstanceRecord]:
             cur = await conn.execute(self._q(CLAIM), params)

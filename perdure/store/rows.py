@@ -5,13 +5,20 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import InstanceRecord, StepRecord
+from .base import InstanceRecord, StepRecord, WorkflowRecord
 
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
     "output, error, wake_at, schedule, owner"
 )
 STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
+WORKFLOW_COLUMNS = "name, class_name, schedules, step_limit, registered_at, updated_at"
+# The tail of both backends' ``INSERT INTO workflows (WORKFLOW_COLUMNS) ...``: a new registration
+# replaces what an older one said, except when the workflow was first seen.
+WORKFLOW_UPSERT = """
+    ON CONFLICT (name) DO UPDATE SET
+        class_name = excluded.class_name, schedules = excluded.schedules, step_limit = excluded.step_limit,
+        updated_at = excluded.updated_at"""
 
 # -- row conversion ------------------------------------------------------------------------------
 
@@ -78,3 +85,32 @@ def step_row(pk: int, step: StepRecord) -> tuple[Any, ...]:
         step.ended_at,
         step.wake_at,
     )
+
+
+def workflow_rows(workflows: list[WorkflowRecord], now: float) -> list[tuple[Any, ...]]:
+    """Values for upserting registrations, in :data:`WORKFLOW_COLUMNS` order, sorted by name (so
+    that workers starting at once lock the rows in one order and cannot deadlock)."""
+    return [
+        (w.name, w.class_name, json.dumps(list(w.schedules), separators=(",", ":")), w.step_limit, now, now)
+        for w in sorted(workflows, key=lambda w: w.name)
+    ]
+
+
+def workflow_from_row(row: tuple[Any, ...]) -> WorkflowRecord:
+    return WorkflowRecord(
+        name=row[0],
+        class_name=row[1],
+        schedules=json.loads(row[2]),
+        step_limit=row[3],
+        registered_at=row[4],
+        updated_at=row[5],
+    )
+
+
+def prefix_bounds(prefix: str) -> tuple[str, str]:
+    """``(low, high)`` such that the strings starting with ``prefix`` satisfy ``low <= s < high``
+    in binary (code point) order: a range an index on the column serves, unlike ``LIKE``
+    (case-insensitive in SQLite, and ``%``/``_`` would be wildcards). U+10FFFF is the greatest
+    code point, so only a string continuing ``prefix`` with that very noncharacter would be
+    missed; instance ids are ASCII."""
+    return prefix, prefix + "\U0010ffff"

@@ -41,10 +41,27 @@ from .base import (
     Page,
     StepRecord,
     Store,
+    WorkflowRecord,
 )
-from .rows import INSTANCE_COLUMNS, STEP_COLUMNS, dumps, instance_from_row, loads, step_from_row, step_row
+from .rows import (
+    INSTANCE_COLUMNS,
+    STEP_COLUMNS,
+    WORKFLOW_COLUMNS,
+    WORKFLOW_UPSERT,
+    dumps,
+    instance_from_row,
+    loads,
+    prefix_bounds,
+    step_from_row,
+    step_row,
+    workflow_from_row,
+    workflow_rows,
+)
 
-SCHEMA_VERSION = 1
+# The layout is created in place (``IF NOT EXISTS``): a file from an older version gains the
+# tables it lacks when opened. 2 added ``workflows``; the prefix search of instance ids needs no
+# index of its own, since the UNIQUE (workflow, id) index is in binary order.
+SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -106,6 +123,14 @@ CREATE TABLE IF NOT EXISTS history (
     data TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_history_instance ON history (instance_pk, seq);
+CREATE TABLE IF NOT EXISTS workflows (
+    name TEXT PRIMARY KEY,
+    class_name TEXT NOT NULL,
+    schedules TEXT NOT NULL,
+    step_limit INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
 """
 
 
@@ -225,8 +250,9 @@ class SQLiteStore(Store):
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.executescript(_SCHEMA)
-                conn.execute(
-                    "INSERT OR IGNORE INTO perdure_meta (key, value) VALUES ('schema_version', ?)",
+                conn.execute(  # the newest layout the file has had (an older Perdure may open it too)
+                    "INSERT INTO perdure_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
+                    " SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
                     (str(SCHEMA_VERSION),),
                 )
                 if conn.in_transaction:
@@ -406,20 +432,29 @@ class SQLiteStore(Store):
         return instance_from_row(rows[0]) if rows else None
 
     async def list_instances(
-        self, workflow: str, *, status: str | None = None, cursor: str | None = None, limit: int = 50
+        self,
+        workflow: str,
+        *,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+        id_prefix: str | None = None,
     ) -> Page:
-        before = int(cursor) if cursor else 2**62
+        # With a prefix, the range of ids on the UNIQUE (workflow, id) index (binary-collated),
+        # then a sort of the matches by pk. The unary + keeps the planner off the (workflow,
+        # pk) and (workflow, status, pk) indexes, which it prefers without statistics and which
+        # would read every instance of the workflow to find a few ids.
+        plus = "+" if id_prefix else ""
+        where, params = f"workflow = ? AND {plus}pk < ?", [workflow, int(cursor) if cursor else 2**62]
         if status:
-            rows = self._read(
-                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND status = ? AND pk < ?"
-                " ORDER BY pk DESC LIMIT ?",
-                (workflow, status, before, limit + 1),
-            )
-        else:
-            rows = self._read(
-                f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE workflow = ? AND pk < ? ORDER BY pk DESC LIMIT ?",
-                (workflow, before, limit + 1),
-            )
+            where += f" AND {plus}status = ?"
+            params.append(status)
+        if id_prefix:
+            where += " AND id >= ? AND id < ?"
+            params.extend(prefix_bounds(id_prefix))
+        rows = self._read(
+            f"SELECT {INSTANCE_COLUMNS} FROM instances WHERE {where} ORDER BY pk DESC LIMIT ?", (*params, limit + 1)
+        )
         items = [instance_from_row(r) for r in rows[:limit]]
         next_cursor = str(items[-1].pk) if len(rows) > limit and items else None
         return Page(items, next_cursor)
@@ -437,12 +472,35 @@ class SQLiteStore(Store):
             counts.setdefault(wf, {})[status] = n
         return counts
 
+    # -- workflows -------------------------------------------------------------------------------
+    async def register_workflows(self, workflows: list[WorkflowRecord], now: float) -> None:
+        rows = workflow_rows(workflows, now)
+
+        def op(conn: sqlite3.Connection) -> None:
+            conn.executemany(
+                f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) {WORKFLOW_UPSERT}", rows
+            )
+
+        if rows:
+            await self._write(op)
+
+    async def known_workflows(self) -> list[WorkflowRecord]:
+        return [workflow_from_row(r) for r in self._read(f"SELECT {WORKFLOW_COLUMNS} FROM workflows ORDER BY name")]
+
     # -- running instances -----------------------------------------------------------------------
     async def claim(
-        self, owner: str, limit: int, now: float, lease_until: float, workflows: list[str]
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_until: float,
+        workflows: list[str],
+        *,
+        lease_now: float | None = None,
     ) -> list[InstanceRecord]:
         if not workflows:
             return []
+        expired_before = now if lease_now is None else lease_now
         names = ",".join("?" * len(workflows))
 
         def op(conn: sqlite3.Connection) -> list[InstanceRecord]:
@@ -465,7 +523,7 @@ class SQLiteStore(Store):
             for pk, status in conn.execute(
                 f"SELECT pk, status FROM instances WHERE status IN (?, ?) AND lease_until < ?"
                 f" AND workflow IN ({names}) LIMIT ?",
-                (RUNNING, WAITING_FOR_PAUSE, now, *workflows, limit),
+                (RUNNING, WAITING_FOR_PAUSE, expired_before, *workflows, limit),
             ).fetchall():
                 if status == WAITING_FOR_PAUSE:  # its worker died mid-step: the pause completes now
                     conn.execute(

@@ -48,3 +48,38 @@ async def test_an_hour_long_sleep_and_ten_minute_retry_delay_pass_when_the_clock
     assert attempts == [start + 3600, start + 4200]
     record = await binding.get(instance.id)
     assert (await record.record()).created_at == start
+
+
+async def test_a_clock_jump_does_not_expire_the_leases_of_running_steps(make_engine: Make) -> None:
+    """Leases measure whether a process is alive, in real time: jumping the engine's clock by a
+    day (to end another instance's sleep) must not let the engine take over, and so restart,
+    the step that one instance is running right now."""
+    release = asyncio.Event()
+    starts: list[int] = []
+
+    class Busy(WorkflowEntrypoint):
+        async def run(self, event: Any, step: Any) -> Any:
+            @step.do("busy", config={"timeout": "1 week"})  # the jumps stay inside one attempt
+            async def busy(ctx: dict[str, Any]) -> int:
+                starts.append(ctx["attempt"])
+                await release.wait()
+                return 1
+
+            return await busy()
+
+    clock = ManualClock(start=1_800_000_000.0)
+    engine = make_engine(clock=clock, lease_ttl=1.0)
+    binding = engine.register(Busy, name="busy")
+    async with engine:
+        instance = await binding.create()
+        while not starts:
+            await asyncio.sleep(0.01)
+        for _ in range(10):  # a day passes on the engine's clock, real time barely moves
+            clock.advance(8640)
+            await asyncio.sleep(0.05)
+        release.set()
+        status = await instance.wait(5)
+        (step,) = await engine.store.load_steps((await binding.get(instance.id)).pk)
+    assert status["status"] == "complete"
+    assert starts == [1]  # started once: the engine never reclaimed its own running instance
+    assert [a.get("error") for a in step.attempts] == [None]  # no attempt recorded as lost

@@ -55,7 +55,7 @@ def test_valid_instance_ids(good: str) -> None:
     assert validators.instance_id(good) == good
 
 
-@pytest.mark.parametrize("bad", ["", "-x", "a b", "a.b", "x" * 101, "ü", 5, None])
+@pytest.mark.parametrize("bad", ["", "-x", "a b", "a.b", "x" * 101, "ü", "abc\n", "x" * 100 + "\n", 5, None])
 def test_invalid_instance_ids_name_the_rule(bad: object) -> None:
     with pytest.raises(ValidationError, match="instance id"):
         validators.instance_id(bad)

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from perdure import Engine, NonRetryableError, StepError, WorkflowEntrypoint, WorkflowTimeoutError
+from tests.engine.util import until_no_runs
 
 Make = Callable[..., Engine]
 
@@ -227,5 +228,6 @@ async def test_long_retry_delay_holds_no_worker(make_engine: Make) -> None:
             break
         await asyncio.sleep(0.01)
     assert (await instance.status())["status"] == "waiting"
-    assert engine._running == {}  # no coroutine is kept for a waiting instance
+    await until_no_runs(engine)  # no coroutine is kept for a waiting instance
+    assert (await instance.status())["status"] == "waiting"
     assert (await instance.wait(5))["output"] == 2

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from perdure import Engine, EventTimeoutError, InvalidStateError, WorkflowEntrypoint
-from tests.engine.util import until_status
+from tests.engine.util import until_no_runs, until_status
 
 Make = Callable[..., Engine]
 
@@ -38,7 +38,8 @@ async def test_long_sleep_suspends_and_a_timer_wakes_it(make_engine: Make) -> No
     async with engine:
         instance = await binding.create(params={"ms": 400})
         await until_status(instance, "waiting")
-        assert engine._running == {}
+        await until_no_runs(engine)  # nothing in memory while it sleeps ...
+        assert (await instance.status())["status"] == "waiting"  # ... and it does still sleep
         status = await instance.wait(5)
     assert status["status"] == "complete" and 0.4 <= status["output"] < 1.4
 
@@ -182,6 +183,6 @@ async def test_many_sleeping_instances_hold_no_coroutines(make_engine: Make) -> 
         while (await engine.store.count_by_status("wf"))["wf"].get("waiting", 0) < 1000:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.05)
-        assert engine._running == {}
+        await until_no_runs(engine)
         tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith("perdure-wf")]
         assert tasks == []

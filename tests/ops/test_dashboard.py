@@ -1,5 +1,5 @@
-"""The dashboard end to end in headless Chromium: load the pages, click Pause, see the status
-change, resume, send the event, see the instance complete. Screenshots go to
+"""The dashboard end to end in headless Chromium: load the pages, search instances by id prefix,
+click Pause, see the status change, resume, send the event, see the instance complete. Screenshots go to
 test-artifacts/ops/.
 
 Skipped only when Chromium or ChromeDriver is missing and CI is not set; in CI it fails.
@@ -104,6 +104,7 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
     try:
         await api.post("/api/workflows/flaky/instances", json={"id": "ui-flaky"})
         await api.post("/api/workflows/approval/instances", json={"id": "ui-1", "params": {"order": 42}})
+        await api.post("/api/workflows/hello/instances", json=[{"id": i} for i in ("find-a1", "find-a2", "find-b1")])
         await wait_status(api, "flaky", "ui-flaky", "complete")
         await wait_status(api, "approval", "ui-1", "waiting")
 
@@ -120,6 +121,24 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         # the instance list, filtered by status, then the flaky instance's timeline
         await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/approval?status=waiting")
         assert "ui-1" in await until(lambda: text("#instances"))
+        # search by id prefix: type the beginning of an id, submit, see only the matches
+        await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/hello")
+        await until(lambda: "find-b1" in text("#instances"))
+
+        def search(prefix: str) -> None:
+            box = driver.find_element(By.ID, "id-search")
+            box.clear()
+            box.send_keys(prefix)
+            box.submit()
+
+        def listed() -> list[str]:
+            return [a.text for a in driver.find_elements(By.CSS_SELECTOR, "#instances td a.mono")]
+
+        await asyncio.to_thread(search, "find-a")
+        await until(lambda: listed() == ["find-a2", "find-a1"])  # newest first, find-b1 left out
+        await asyncio.to_thread(search, "find-a1")
+        await until(lambda: listed() == ["find-a1"])
+        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-search.png"))
         await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/flaky/instances/ui-flaky")
         await until(lambda: driver.find_elements(By.CSS_SELECTOR, ".tl-attempt.fail"))
         assert len(driver.find_elements(By.CSS_SELECTOR, ".tl-row")) == 3

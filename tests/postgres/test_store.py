@@ -79,10 +79,10 @@ async def test_concurrent_opens_migrate_once(stores: tuple[str, StoreFactory]) -
     opened = [factory() for _ in range(5)]
     await asyncio.gather(*(store.open() for store in opened))
     rows = await opened[0]._read("SELECT version FROM {s}.schema_migrations")
-    assert rows == [(LATEST,)]
+    assert sorted(rows) == [(v,) for v in range(1, LATEST + 1)]
     await opened[0].close()
     await opened[0].open()  # reopening finds it done
-    assert await opened[0]._read("SELECT count(*) FROM {s}.schema_migrations") == [(1,)]
+    assert await opened[0]._read("SELECT count(*) FROM {s}.schema_migrations") == [(LATEST,)]
 
 
 async def test_a_schema_from_a_newer_version_is_refused(stores: tuple[str, StoreFactory]) -> None:

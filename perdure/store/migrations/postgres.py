@@ -106,6 +106,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX ix_history_instance ON {s}.history (instance_pk, seq)",
         ),
     ),
+    Migration(
+        2,
+        "workflows registered by engines",
+        (
+            # One row per workflow name, upserted by each engine that starts with it, so that
+            # tools in other processes know which workflows exist before any has instances.
+            """CREATE TABLE {s}.workflows (
+                name TEXT PRIMARY KEY,
+                class_name TEXT NOT NULL,
+                schedules TEXT NOT NULL,
+                step_limit INTEGER NOT NULL,
+                registered_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL
+            )""",
+        ),
+    ),
+    Migration(
+        3,
+        "index for instance id prefix search",
+        (
+            # UNIQUE (workflow, id) sorts ids in the database's collation, where a range like
+            # id >= 'ab' AND id < 'ab\U0010FFFF' need not mean "starts with ab" (en_US ignores
+            # '-' and '_' at first); the store compares ids COLLATE "C" (bytes), served by
+            # this index. It is built under a lock that holds back instance writes meanwhile:
+            # a migration runs in a transaction, so CONCURRENTLY is not available.
+            'CREATE INDEX ix_instances_id_prefix ON {s}.instances (workflow, id COLLATE "C")',
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
