@@ -86,7 +86,7 @@ class Engine:
 
     Options: ``max_concurrent`` running instances per engine (100), ``poll_interval`` seconds
     between checks for other processes' writes (0.05), ``lease_ttl`` seconds before a silent
-    worker's instances are taken over (5; leases run on the wall clock), ``fast_wait`` seconds up
+    worker's instances are taken over (3; leases run on the wall clock), ``fast_wait`` seconds up
     to which a sleep or retry delay is waited in memory instead of suspending (1), ``clock``
     (the one source of workflow time: sleeps, retry delays, timeouts),
     and store options such as ``durability="full"|"normal"`` for SQLite.
@@ -98,7 +98,7 @@ class Engine:
         *,
         max_concurrent: int = 100,
         poll_interval: float = 0.05,
-        lease_ttl: float = 5.0,
+        lease_ttl: float = 3.0,
         fast_wait: float = 1.0,
         clock: Clock | None = None,
         **store_options: Any,

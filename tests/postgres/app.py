@@ -6,7 +6,10 @@ environment:
 * ``PERDURE_TEST_URL``: the store URL (with ``schema`` and ``application_name``);
 * ``PERDURE_TEST_EFFECTS_URL``: where steps record their side effects (the ``effects`` table,
   in the same schema, reached over connections the tests never kill);
-* ``PERDURE_TEST_LEASE_TTL`` (seconds), ``PERDURE_TEST_SAFETY_POLL`` (seconds);
+* ``PERDURE_TEST_LEASE_TTL`` (seconds, default 1; ``default``: the engine's default),
+  ``PERDURE_TEST_SAFETY_POLL`` (seconds; the store's default when unset);
+* ``PERDURE_TEST_OWNER_HOST``: the host name the worker gives in its owner id (a test double
+  for a worker on another machine);
 * ``PERDURE_TEST_FENCED_LOG``: a file to which every step write refused with ``Fenced`` is
   appended, as ``<pid> <instance pk> <step name> <count>`` (the proof a late write was tried);
 * ``PERDURE_TEST_DEAF=1``: the worker hears of no other process's changes (a test double of
@@ -24,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import socket
 import time
 from typing import Any
 
@@ -138,13 +142,22 @@ def _deafen(engine: Engine) -> None:
 
 
 def make_engine() -> Engine:
+    lease = os.environ.get("PERDURE_TEST_LEASE_TTL", "1")
     engine = Engine(
         os.environ["PERDURE_TEST_URL"],
-        lease_ttl=float(os.environ.get("PERDURE_TEST_LEASE_TTL", "1")),
         poll_interval=0.05,
         max_concurrent=int(os.environ.get("PERDURE_TEST_MAX_CONCURRENT", "100")),
-        safety_poll=float(os.environ.get("PERDURE_TEST_SAFETY_POLL", "1")),
+        **({} if lease == "default" else {"lease_ttl": float(lease)}),
+        **(
+            {}
+            if "PERDURE_TEST_SAFETY_POLL" not in os.environ
+            else {"safety_poll": float(os.environ["PERDURE_TEST_SAFETY_POLL"])}
+        ),
     )
+    if host := os.environ.get("PERDURE_TEST_OWNER_HOST"):
+        # Pose as a process on another machine: a dead local owner is expired at once by its
+        # pid, one elsewhere only when its lease runs out.
+        engine.owner = engine.owner.replace(socket.gethostname(), host, 1)
     engine.register(Chain, name="chain")
     engine.register(Long, name="long")
     fenced_log = os.environ.get("PERDURE_TEST_FENCED_LOG")

@@ -183,6 +183,43 @@ async def test_sigstopped_worker_cannot_record_after_takeover(schema: Schema, tm
     assert schema.query("SELECT status, output, owner FROM instances") == [("complete", str(second.pid), None)]
 
 
+async def test_a_dead_worker_elsewhere_is_taken_over_within_five_seconds_by_default(
+    schema: Schema, tmp_path: Path
+) -> None:
+    """With the default lease and safety poll, an instance whose worker on another machine died
+    (SIGKILL mid-step; no pid on this host to check) runs again in the surviving worker within
+    5 seconds of the death."""
+    engine = client(schema)
+    app = new_app_name()
+    defaults = {"PERDURE_TEST_LEASE_TTL": "default"}
+    doomed = Worker(
+        schema.url(application_name=app),
+        schema.effects_url(),
+        tmp_path / "doomed.log",
+        PERDURE_TEST_OWNER_HOST="elsewhere.example",
+        **defaults,
+    )
+    survivor: Worker | None = None
+    try:
+        doomed.wait_running()
+        instance = await engine.binding("long").create(id="orphan")
+        await until(lambda: schema.query("SELECT 1 FROM effects WHERE pid = %s", (doomed.pid,)), timeout=10)
+        survivor = Worker(schema.url(application_name=app), schema.effects_url(), tmp_path / "survivor.log", **defaults)
+        survivor.wait_running()
+        doomed.signal(signal.SIGKILL)
+        doomed.kill()  # reap it
+        died_at = time.time()
+        status = await instance.wait(timeout=20)
+        assert status == {"status": "complete", "output": survivor.pid, "error": None}
+    finally:
+        doomed.kill()
+        if survivor is not None:
+            survivor.stop()
+        await engine.stop()
+    ((restarted_at,),) = schema.query("SELECT started FROM effects WHERE pid = %s", (survivor.pid,))
+    assert restarted_at - died_at <= 5.0, f"taken over {restarted_at - died_at:.2f}s after the death"
+
+
 async def test_worker_survives_killed_connections(schema: Schema, tmp_path: Path) -> None:
     """Every connection of a running worker is killed server-side, again and again; the worker
     keeps running and every instance completes with exact results."""
