@@ -160,12 +160,13 @@ CLAIM = f"""
     claimed AS (
         UPDATE {{s}}.instances
         SET status = 'running', owner = %(owner)s, lease_until = %(lease)s, epoch = epoch + 1,
-            wake_requested = FALSE, wake_at = NULL, wait_types = NULL, started_at = COALESCE(started_at, %(now)s)
+            wake_requested = FALSE, wake_at = NULL, wait_types = NULL,
+            started_at = COALESCE(started_at, GREATEST(%(now)s, created_at))
         WHERE pk IN (SELECT pk FROM chosen)
         RETURNING {INSTANCE_COLUMNS}),
     started AS (
         INSERT INTO {{s}}.history (instance_pk, type, ts, data)
-        SELECT pk, 'WORKFLOW_START', %(now)s, NULL FROM claimed WHERE started_at = %(now)s)
+        SELECT pk, 'WORKFLOW_START', started_at, NULL FROM claimed WHERE started_at = GREATEST(%(now)s, created_at))
     SELECT claimed.* FROM claimed JOIN chosen USING (pk) ORDER BY chosen.tier, chosen.ord"""
 
 # An engine's registrations, one array per column, as one upsert (rows come sorted by name).

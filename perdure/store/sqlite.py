@@ -537,13 +537,16 @@ class SQLiteStore(Store):
             for pk in pks:
                 row = conn.execute(
                     "UPDATE instances SET status = ?, owner = ?, lease_until = ?, epoch = epoch + 1,"
-                    " wake_requested = 0, wake_at = NULL, wait_types = NULL, started_at = COALESCE(started_at, ?)"
+                    " wake_requested = 0, wake_at = NULL, wait_types = NULL,"
+                    # never before its creation: a claim may read the clock just before a
+                    # create that the same group commit then writes first
+                    " started_at = COALESCE(started_at, MAX(?, created_at))"
                     f" WHERE pk = ? RETURNING {INSTANCE_COLUMNS}",
                     (RUNNING, owner, lease_until, now, pk),
                 ).fetchone()
                 record = instance_from_row(row)
-                if record.started_at == now:
-                    _history(conn, pk, "WORKFLOW_START", now)
+                if record.started_at == max(now, record.created_at):
+                    _history(conn, pk, "WORKFLOW_START", record.started_at)
                 claimed.append(record)
             return claimed
 

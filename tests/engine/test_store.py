@@ -53,3 +53,25 @@ async def test_release_leaves_a_finished_instance_alone(db_url: str) -> None:
         assert [r.id for r in again] == ["busy"]  # a released running instance is runnable at once
     finally:
         await store.close()
+
+
+async def test_an_instance_never_starts_before_it_was_queued(db_url: str) -> None:
+    """A claim reads the clock, then waits for the group commit; a create that reads the clock
+    a moment later may be written first. The start is then the creation time, not earlier."""
+    store = open_store(db_url)
+    await store.open()
+    try:
+        (created,) = await store.create_instances("wf", [NewInstance("late", "{}")], now=100.0, skip_existing=False)
+        (claimed,) = await store.claim("w1", 1, now=99.5, lease_until=200.0, workflows=["wf"])
+        assert claimed.started_at == 100.0
+        history = await store.history(created.pk)
+        assert [(h["type"], h["timestamp"]) for h in history][:2] == [
+            ("WORKFLOW_QUEUED", 100.0),
+            ("WORKFLOW_START", 100.0),
+        ]
+        await store.suspend(claimed.pk, claimed.epoch, wake_at=101.0, wait_types=[], now=100.5)
+        (again,) = await store.claim("w1", 1, now=102.0, lease_until=200.0, workflows=["wf"])
+        assert again.started_at == 100.0  # the first start is kept
+        assert [h["type"] for h in await store.history(created.pk)].count("WORKFLOW_START") == 1
+    finally:
+        await store.close()
