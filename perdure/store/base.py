@@ -155,7 +155,13 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
-        """``{workflow: {status: n}}``."""
+        """``{workflow: {status: n}}`` (statuses with no instance left out), exact, for every
+        workflow or only ``workflow``.
+
+        Backends keep these counts as instances change status (triggers in the database, so
+        every writer keeps them) instead of counting the instances: a call reads a few rows
+        per workflow and status however many instances there are (the API's workflow lists,
+        the dashboard and ``/metrics`` call it on every request)."""
 
     # -- workflows -------------------------------------------------------------------------------
     @abc.abstractmethod

@@ -174,3 +174,32 @@ REGISTER_WORKFLOWS = f"""
     INSERT INTO {{s}}.workflows ({WORKFLOW_COLUMNS})
     SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[])
     {WORKFLOW_UPSERT}"""
+
+# count_by_status: each (workflow, status)'s folded count plus its deltas not yet folded (see
+# migration 4), in one statement, so in one snapshot: a fold committing meanwhile is seen whole
+# or not at all. Also returns how many delta rows were read, to fold them when they pile up.
+# {where} is empty, or restricts both tables to one workflow.
+COUNTS = """
+    SELECT workflow, status, sum(n)::bigint, sum(deltas)::bigint FROM (
+        SELECT workflow, status, n, 0 AS deltas FROM {s}.instance_counts {where}
+        UNION ALL
+        SELECT workflow, status, delta, 1 FROM {s}.instance_count_deltas {where}) t
+    GROUP BY workflow, status"""
+
+# Fold the deltas into the counts: delete them all, add up what was deleted, one upsert per
+# (workflow, status), in one statement (one transaction). Under a transaction-level advisory
+# lock taken without waiting (it is released at commit): when another fold holds it, this one
+# does nothing (no row is deleted) and returns false. Writers only append deltas, which takes
+# no lock a fold holds, so a fold never makes a worker wait. The DELETE removes the rows its
+# snapshot sees; a delta committed after that stays for the next fold. Returns whether the
+# lock was taken and how many deltas were folded.
+COMPACT_COUNTS = """
+    WITH lock AS (SELECT pg_try_advisory_xact_lock(hashtextextended(%(lock)s, 0)) AS held),
+    folded AS (
+        DELETE FROM {s}.instance_count_deltas WHERE (SELECT held FROM lock)
+        RETURNING workflow, status, delta),
+    added AS (
+        INSERT INTO {s}.instance_counts AS c (workflow, status, n)
+        SELECT workflow, status, sum(delta) FROM folded GROUP BY workflow, status
+        ON CONFLICT (workflow, status) DO UPDATE SET n = c.n + excluded.n)
+    SELECT (SELECT held FROM lock), (SELECT count(*) FROM folded)"""

@@ -36,6 +36,12 @@ callbacks. Expired leases are announced by nobody (a dead worker cannot ``NOTIFY
 ``changed()`` also says True every ``safety_poll`` seconds: that bounds takeover time to about
 ``lease_ttl + safety_poll``, and covers notifications missed while the listener reconnects.
 
+**Counts.** ``count_by_status`` reads counts that triggers keep (migration 4), not the
+instances: the triggers append deltas (no shared row to lock, so workers never wait for each
+other), and a store folds them into the counts, one store at a time (an advisory lock taken
+without waiting): a worker's store every ``compact_every`` seconds (from its claims and polls,
+in the background), and a reader that came across more than ``compact_after`` deltas.
+
 **Connection loss.** Every method raises when the database stays unreachable; the engine
 treats a failed step write as a lost run (claimed again once its lease expires) and retries
 its loops. Before raising, writes and reads are retried on fresh connections when that is safe
@@ -50,6 +56,7 @@ every other parameter goes to libpq unchanged. One store is used from one event 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -87,6 +94,8 @@ from .pg_commit import Conn, GroupCommit, Outcome, Transactions, Write, WriteFn
 from .pg_listen import Listener
 from .pg_sql import (
     CLAIM,
+    COMPACT_COUNTS,
+    COUNTS,
     CREATE,
     GIVE_UP,
     INSTANCE_COLUMNS,
@@ -164,6 +173,9 @@ class PostgresStore(Store):
       connection failed; after the last one the error is raised.
     * ``idle_in_transaction_timeout`` (5 s): the server ends a session frozen inside a
       transaction after this long, releasing its row locks (see :meth:`_configure`).
+    * ``compact_every`` (1 s): how often a worker folds the deltas of the instance counts
+      (see :meth:`compact_counts`); ``compact_after`` (1,000): a count that read more deltas
+      than this folds them.
     """
 
     def __init__(
@@ -180,11 +192,17 @@ class PostgresStore(Store):
         max_batch: int = 500,
         retry_delays: tuple[float, ...] = (0.05, 0.2, 0.5),
         idle_in_transaction_timeout: float = 5.0,
+        compact_every: float = 1.0,
+        compact_after: int = 1000,
     ) -> None:
         if not (isinstance(pool_min, int) and isinstance(pool_max, int) and 0 <= pool_min <= pool_max >= 1):
             raise ValidationError(
                 f"pool sizes need 0 <= pool_min <= pool_max, pool_max >= 1; got {pool_min}, {pool_max}"
             )
+        if not (isinstance(compact_every, (int, float)) and compact_every > 0):
+            raise ValidationError(f"compact_every must be a number of seconds > 0, got {compact_every!r}")
+        if not (isinstance(compact_after, int) and compact_after >= 0):
+            raise ValidationError(f"compact_after must be an integer >= 0, got {compact_after!r}")
         self.url = url
         self.conninfo, self.schema = parse_url(url, schema)
         self.pool_min = pool_min
@@ -193,6 +211,10 @@ class PostgresStore(Store):
         self.connect_timeout = connect_timeout
         self.safety_poll = safety_poll
         self.idle_in_transaction_timeout = idle_in_transaction_timeout
+        self.compact_every = compact_every
+        self.compact_after = compact_after
+        self._compact_lock = f"perdure.counts.{self.schema}"  # not the migrations' lock
+        self._compact_warned = False
         self.channel = f"perdure_{self.schema}"[:63]  # identifiers are at most 63 bytes
         self.token = uuid.uuid4().hex  # the payload of our NOTIFYs, so our listener skips them
         self._s = sql.Identifier(self.schema).as_string()
@@ -219,6 +241,8 @@ class PostgresStore(Store):
         )
         self._changed = False
         self._last_poll = time.monotonic()
+        self._compacting: asyncio.Task[None] | None = None
+        self._last_compact = time.monotonic()
 
     def _q(self, text: str) -> str:
         """``text`` with ``{s}`` replaced by the quoted schema name (cached)."""
@@ -290,6 +314,11 @@ class PostgresStore(Store):
         """Commit queued writes, stop listening and close every connection."""
         if self._pool is None:
             return
+        compacting, self._compacting = self._compacting, None
+        if compacting is not None and not compacting.done() and compacting.get_loop() is asyncio.get_running_loop():
+            # A fold is one short statement: let it finish (cancelling would only undo it).
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(compacting, timeout=5.0)
         await self._writer.close()
         await self._listener.stop()
         self._transactions.cancel()
@@ -450,17 +479,62 @@ class PostgresStore(Store):
         return Page(items, next_cursor)
 
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
+        """The counts the triggers keep (:data:`COUNTS`): a few rows per workflow, however many
+        instances there are. When the read came across more than ``compact_after`` deltas (no
+        worker is folding them), it folds them, so the next read is short again."""
         if workflow is None:
-            rows = await self._read("SELECT workflow, status, COUNT(*) FROM {s}.instances GROUP BY workflow, status")
+            rows = await self._read(COUNTS.replace("{where}", ""))
         else:
-            rows = await self._read(
-                "SELECT workflow, status, COUNT(*) FROM {s}.instances WHERE workflow = %s GROUP BY workflow, status",
-                (workflow,),
-            )
+            rows = await self._read(COUNTS.replace("{where}", "WHERE workflow = %(w)s"), {"w": workflow})
         counts: dict[str, dict[str, int]] = {}
-        for wf, status, n in rows:
-            counts.setdefault(wf, {})[status] = int(n)
+        deltas = 0
+        for wf, status, n, read in rows:
+            deltas += int(read)
+            if n:
+                counts.setdefault(wf, {})[status] = int(n)
+        if deltas > self.compact_after:
+            await self._compact_quietly()
         return counts
+
+    async def compact_counts(self) -> int | None:
+        """Fold the deltas of the instance counts into the counts (:data:`COMPACT_COUNTS`);
+        return how many were folded, or None when another store was folding them."""
+
+        async def op(conn: Conn) -> int | None:
+            cur = await conn.execute(self._q(COMPACT_COUNTS), {"lock": self._compact_lock})
+            row = await cur.fetchone()
+            assert row is not None
+            return int(row[1]) if row[0] else None
+
+        # Idempotent: folding again after a commit whose outcome was lost folds what is left.
+        ((value, error),) = await self._transactions.commit([Write(op, single=True, idempotent=True)])
+        if error is not None:
+            raise error
+        result: int | None = value
+        return result
+
+    async def _compact_quietly(self) -> None:
+        """A fold whose failure is only logged: the counts stay exact without it (the deltas
+        wait for the next one), and a read must not fail because a write did."""
+        try:
+            await self.compact_counts()
+        except Exception as exc:
+            if not self._compact_warned:
+                self._compact_warned = True
+                log.warning("perdure: cannot fold the instance counts' deltas (retried later): %s", exc)
+
+    def _maybe_compact(self) -> None:
+        """Start a fold in the background when the last one began ``compact_every`` seconds
+        ago (a worker's claims and polls call this; a busy worker may never poll)."""
+        now = time.monotonic()
+        if now - self._last_compact < self.compact_every or self._pool is None:
+            return
+        if self._compacting is not None and not self._compacting.done():
+            return
+        self._last_compact = now
+        self._compacting = asyncio.get_running_loop().create_task(
+            self._compact_quietly(), name="perdure-pg-compact-counts"
+        )
 
     # -- workflows -------------------------------------------------------------------------------
     async def register_workflows(self, workflows: list[WorkflowRecord], now: float) -> None:
@@ -510,6 +584,7 @@ class PostgresStore(Store):
             return [instance_from_row(row) for row in await cur.fetchall()]
 
         result: list[InstanceRecord] = await self._write(op, single=True)
+        self._maybe_compact()
         return result
 
     async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
@@ -852,6 +927,7 @@ class PostgresStore(Store):
         seconds (expired leases and missed notifications are found by looking)."""
         if self._pool is not None:
             self._listener.start()
+            self._maybe_compact()
         now = time.monotonic()
         if self._changed or now - self._last_poll >= self.safety_poll:
             self._changed = False

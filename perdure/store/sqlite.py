@@ -60,8 +60,10 @@ from .rows import (
 
 # The layout is created in place (``IF NOT EXISTS``): a file from an older version gains the
 # tables it lacks when opened. 2 added ``workflows``; the prefix search of instance ids needs no
-# index of its own, since the UNIQUE (workflow, id) index is in binary order.
-SCHEMA_VERSION = 2
+# index of its own, since the UNIQUE (workflow, id) index is in binary order. 3 added
+# ``instance_counts`` and the triggers that keep it (see _COUNTS below; created apart from
+# _SCHEMA, because a file that predates them needs its counts taken in the same transaction).
+SCHEMA_VERSION = 3
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -132,6 +134,62 @@ CREATE TABLE IF NOT EXISTS workflows (
     updated_at REAL NOT NULL
 );
 """
+
+# The number of instances of each (workflow, status), kept by triggers on instances, so that
+# count_by_status reads a few rows instead of an index of every instance. SQLite has one writer
+# at a time, so one row per (workflow, status) updated in place costs no contention. The
+# triggers live in the file: every writer keeps the counts, an older Perdure's too. Rows whose
+# n fell to 0 stay (they are read past). The update trigger also covers a change of workflow,
+# which the store never makes. One kind of write escapes triggers: the rows an INSERT OR
+# REPLACE deletes, unless recursive_triggers is on, which _connect turns on (the store never
+# replaces instances; a tool that does so on its own connection would skew the counts).
+_COUNT_TRIGGERS = ("instance_counts_insert", "instance_counts_update", "instance_counts_delete")
+_ADD = (
+    "INSERT INTO instance_counts (workflow, status, n) VALUES ({wf}, {st}, {n})"
+    " ON CONFLICT (workflow, status) DO UPDATE SET n = n + excluded.n;"
+)
+_COUNTS = (
+    """CREATE TABLE IF NOT EXISTS instance_counts (
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (workflow, status)
+) WITHOUT ROWID""",
+    "CREATE TRIGGER instance_counts_insert AFTER INSERT ON instances BEGIN "
+    + _ADD.format(wf="NEW.workflow", st="NEW.status", n=1)
+    + " END",
+    "CREATE TRIGGER instance_counts_update AFTER UPDATE OF workflow, status ON instances"
+    " WHEN OLD.status IS NOT NEW.status OR OLD.workflow IS NOT NEW.workflow BEGIN "
+    + _ADD.format(wf="OLD.workflow", st="OLD.status", n=-1)
+    + " "
+    + _ADD.format(wf="NEW.workflow", st="NEW.status", n=1)
+    + " END",
+    "CREATE TRIGGER instance_counts_delete AFTER DELETE ON instances BEGIN "
+    + _ADD.format(wf="OLD.workflow", st="OLD.status", n=-1)
+    + " END",
+)
+
+
+def _ensure_counts(conn: sqlite3.Connection) -> None:
+    """Create the counts and their triggers if the file lacks them, counting the instances it
+    has. Run inside a write transaction: no other writer (of this process or another) can
+    change an instance between the count and the triggers taking over."""
+    present = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'instances'")
+    }
+    if present.issuperset(_COUNT_TRIGGERS):
+        return
+    for name in _COUNT_TRIGGERS:  # a partial set (never made by Perdure): start over
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    conn.execute(_COUNTS[0])
+    conn.execute("DELETE FROM instance_counts")
+    conn.execute(
+        "INSERT INTO instance_counts (workflow, status, n)"
+        " SELECT workflow, status, COUNT(*) FROM instances GROUP BY workflow, status"
+    )
+    for trigger in _COUNTS[1:]:
+        conn.execute(trigger)
 
 
 def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
@@ -238,6 +296,7 @@ class SQLiteStore(Store):
         conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
+        conn.execute("PRAGMA recursive_triggers = ON")  # so that a REPLACE's deletes are counted
         return conn
 
     def _open_sync(self) -> None:
@@ -247,16 +306,16 @@ class SQLiteStore(Store):
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             conn = self._connect()
-            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.executescript(_SCHEMA)
+                conn.executescript(_SCHEMA)  # each statement on its own (executescript commits first)
+                conn.execute("BEGIN IMMEDIATE")
+                _ensure_counts(conn)
                 conn.execute(  # the newest layout the file has had (an older Perdure may open it too)
                     "INSERT INTO perdure_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
                     " SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
                     (str(SCHEMA_VERSION),),
                 )
-                if conn.in_transaction:
-                    conn.execute("COMMIT")
+                conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
@@ -460,12 +519,12 @@ class SQLiteStore(Store):
         return Page(items, next_cursor)
 
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
+        """Read from ``instance_counts``, which the triggers keep (see _COUNTS)."""
         if workflow is None:
-            rows = self._read("SELECT workflow, status, COUNT(*) FROM instances GROUP BY workflow, status")
+            rows = self._read("SELECT workflow, status, n FROM instance_counts WHERE n != 0")
         else:
             rows = self._read(
-                "SELECT workflow, status, COUNT(*) FROM instances WHERE workflow = ? GROUP BY workflow, status",
-                (workflow,),
+                "SELECT workflow, status, n FROM instance_counts WHERE workflow = ? AND n != 0", (workflow,)
             )
         counts: dict[str, dict[str, int]] = {}
         for wf, status, n in rows:

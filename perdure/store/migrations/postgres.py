@@ -134,6 +134,81 @@ MIGRATIONS: tuple[Migration, ...] = (
             'CREATE INDEX ix_instances_id_prefix ON {s}.instances (workflow, id COLLATE "C")',
         ),
     ),
+    Migration(
+        4,
+        "instance counts by workflow and status, kept by triggers",
+        (
+            # Counting instances by status with GROUP BY reads the whole table; these tables
+            # keep the counts instead, so reading them costs (workflows x statuses) rows.
+            #
+            # Triggers on instances never update a shared counter: a counter row per status
+            # would be locked by every worker's transaction that moves an instance into or out
+            # of that status, serialising the workers on it. They append rows to
+            # instance_count_deltas (inserts take no row locks, so writers never wait for one
+            # another), and the store folds the deltas into instance_counts now and then
+            # (COMPACT_COUNTS in pg_sql.py). The count of (workflow, status) is its
+            # instance_counts.n plus the sum of its deltas, read in one statement (one
+            # snapshot, so a fold that commits meanwhile is seen entirely or not at all).
+            #
+            # Writers are held back from here to the end of this migration, so the counts
+            # taken at its end are exact and every later change goes through the triggers.
+            # (CREATE TRIGGER would take this lock anyway; taking it first says so.) Readers
+            # are not held back. The count at the end reads every instance once.
+            "LOCK TABLE {s}.instances IN SHARE ROW EXCLUSIVE MODE",
+            """CREATE TABLE {s}.instance_counts (
+                workflow TEXT NOT NULL,
+                status TEXT NOT NULL,
+                n BIGINT NOT NULL,
+                PRIMARY KEY (workflow, status)
+            )""",
+            # No index, no key: appending is all that writers do, and only a fold reads and
+            # deletes the rows (a handful of seconds' worth).
+            """CREATE TABLE {s}.instance_count_deltas (
+                workflow TEXT NOT NULL,
+                status TEXT NOT NULL,
+                delta BIGINT NOT NULL
+            )""",
+            # Without a key, a publication FOR ALL TABLES (logical replication, change data
+            # capture) would refuse the folds' DELETEs; this identity lets them through (and
+            # costs nothing without logical replication).
+            "ALTER TABLE {s}.instance_count_deltas REPLICA IDENTITY FULL",
+            # Inserts and deletes: one trigger call per statement, reading the statement's
+            # rows (a transition table), so creating 1,000 instances at once (or a COPY of
+            # 50,000) appends one delta per (workflow, status), not one per instance.
+            """CREATE FUNCTION {s}.instance_counts_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {s}.instance_count_deltas (workflow, status, delta)
+                SELECT workflow, status, count(*) FROM inserted GROUP BY workflow, status;
+                RETURN NULL;
+            END $$""",
+            """CREATE FUNCTION {s}.instance_counts_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {s}.instance_count_deltas (workflow, status, delta)
+                SELECT workflow, status, -count(*) FROM deleted GROUP BY workflow, status;
+                RETURN NULL;
+            END $$""",
+            # Updates: one call per row whose status (or workflow, which the store never
+            # changes) changed. A statement-level trigger would need transition tables, which
+            # PostgreSQL refuses with a column list, and would then run for every UPDATE of
+            # instances, lease renewals included; the row trigger's WHEN is checked in the
+            # server without calling the function.
+            """CREATE FUNCTION {s}.instance_counts_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                INSERT INTO {s}.instance_count_deltas (workflow, status, delta)
+                VALUES (OLD.workflow, OLD.status, -1), (NEW.workflow, NEW.status, 1);
+                RETURN NULL;
+            END $$""",
+            "CREATE TRIGGER instance_counts_insert AFTER INSERT ON {s}.instances"
+            " REFERENCING NEW TABLE AS inserted FOR EACH STATEMENT EXECUTE FUNCTION {s}.instance_counts_inserted()",
+            "CREATE TRIGGER instance_counts_delete AFTER DELETE ON {s}.instances"
+            " REFERENCING OLD TABLE AS deleted FOR EACH STATEMENT EXECUTE FUNCTION {s}.instance_counts_deleted()",
+            "CREATE TRIGGER instance_counts_update AFTER UPDATE OF workflow, status ON {s}.instances FOR EACH ROW"
+            " WHEN (OLD.status IS DISTINCT FROM NEW.status OR OLD.workflow IS DISTINCT FROM NEW.workflow)"
+            " EXECUTE FUNCTION {s}.instance_counts_updated()",
+            "INSERT INTO {s}.instance_counts (workflow, status, n)"
+            " SELECT workflow, status, count(*) FROM {s}.instances GROUP BY workflow, status",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
