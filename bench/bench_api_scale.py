@@ -193,6 +193,20 @@ async def get(client: httpx.AsyncClient, url: str, params: dict[str, Any] | None
     return response.json()
 
 
+async def measure_api(url: str, runs: int, mid_pk: int, sample_ids: list[str], grouped: Any) -> dict[str, Any]:
+    """The endpoints' timings on an engine with the workflows registered (not started), and
+    whether its kept counts equal a fresh GROUP BY of the instances."""
+    engine = Engine(url)
+    for name, _ in WORKFLOWS:
+        engine.register(Noop, name=name)
+    try:
+        result = await endpoints(engine, runs, mid_pk, sample_ids)
+        result["counts_exact"] = await engine.store.count_by_status() == by_workflow(grouped)
+        return result
+    finally:
+        await engine.stop()
+
+
 async def endpoints(engine: Engine, runs: int, mid_pk: int, sample_ids: list[str]) -> dict[str, Any]:
     """p50/p99 of each endpoint through the ASGI app (no network)."""
     app = create_app(engine)
@@ -445,14 +459,8 @@ async def bench_sqlite(directory: Path, n: int, runs: int) -> dict[str, Any]:
         "status_mix": mix,
     }
 
-    engine = Engine(f"sqlite:///{path}")  # a server with the application: both workflows registered
-    for name, _ in WORKFLOWS:
-        engine.register(Noop, name=name)
-    try:
-        result.update(await endpoints(engine, runs, mid_pk, sample_ids))
-        result["counts_exact"] = await engine.store.count_by_status() == by_workflow(grouped)
-    finally:
-        await engine.stop()
+    # a server with the application: the workflows registered
+    result.update(await measure_api(f"sqlite:///{path}", runs, mid_pk, sample_ids, grouped))
 
     plans: dict[str, Any] = {}
     raw_ms: dict[str, Any] = {}
@@ -572,14 +580,7 @@ async def bench_postgres(url: str, n: int, runs: int) -> dict[str, Any]:
             "status_mix": mix,
         }
 
-        engine = Engine(url)
-        for name, _ in WORKFLOWS:
-            engine.register(Noop, name=name)
-        try:
-            result.update(await endpoints(engine, runs, mid_pk, sample_ids))
-            result["counts_exact"] = await engine.store.count_by_status() == by_workflow(grouped)
-        finally:
-            await engine.stop()
+        result.update(await measure_api(url, runs, mid_pk, sample_ids, grouped))
 
         with psycopg.connect(conninfo, autocommit=True) as raw:
             qs = queries(mid_pk, sample_ids[0], "%s", lambda t: f"{s}.{t}", sqlite=False)
