@@ -12,6 +12,13 @@ straight to a database (``--db sqlite:///perdure.db`` or ``--db postgresql://...
     perdure instances pause|resume|terminate|restart NAME ID
     perdure instances send-event NAME ID --type approval --payload '{"ok": true}'
 
+Durable queues (:mod:`perdure.queues`) need ``--db``: the REST API has no queue endpoints::
+
+    perdure --db URL queues list                       # ready / delayed / in flight / dead
+    perdure --db URL queues send NAME '{"n": 1}' --delay 30
+    perdure --db URL queues dead NAME --limit 20       # the newest dead letters
+    perdure --db URL queues redrive NAME               # dead letters back to ready
+
 Server commands load an application's engine from ``module:attribute``::
 
     perdure serve APP     # REST API + dashboard + /metrics (workers run elsewhere)
@@ -28,16 +35,20 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import math
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+if TYPE_CHECKING:
+    from .queues import Database, Queue
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -169,8 +180,11 @@ class DbBackend:
         except ValidationError as exc:
             raise CliError(str(exc), EXIT_INPUT) from None
         self.ops = Operations(self.engine)
+        self.database: Database | None = None  # the queues' connection, opened on first use
 
     async def close(self) -> None:
+        if self.database is not None:
+            await self.database.close()
         await self.engine.stop()
 
     async def workflows(self) -> list[dict[str, Any]]:
@@ -198,8 +212,42 @@ class DbBackend:
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> Any:
         return await self.ops.send_event(name, instance_id, event_type, payload)
 
+    async def _queue(self, name: str) -> Queue:
+        from .queues import Database, Queue
+
+        queue = Queue(self.engine, name)  # checks the name
+        self.database = await Database.for_engine(self.engine)  # to close it with the backend
+        return queue
+
+    async def queues(self) -> list[dict[str, Any]]:
+        from .queues import Database, queue_names
+
+        self.database = await Database.for_engine(self.engine)
+        return [{"name": name, **await (await self._queue(name)).stats()} for name in await queue_names(self.engine)]
+
+    async def queue_send(self, name: str, body: Any, delay: float) -> dict[str, Any]:
+        queue = await self._queue(name)
+        return {"queue": name, "id": await queue.send(body, delay=delay), "delay": delay}
+
+    async def queue_dead(self, name: str, limit: int) -> dict[str, Any]:
+        from .inspect import iso
+
+        letters = await (await self._queue(name)).dead_letters(limit)
+        return {"queue": name, "dead_letters": [{**d, "failed_at": iso(d["failed_at"])} for d in letters]}
+
+    async def queue_redrive(self, name: str) -> dict[str, Any]:
+        return {"queue": name, "redriven": await (await self._queue(name)).redrive()}
+
 
 Backend = HttpBackend | DbBackend
+
+
+def _db_only(backend: Backend) -> DbBackend:
+    if not isinstance(backend, DbBackend):
+        raise CliError(
+            "`perdure queues` needs --db URL (or PERDURE_DB): the REST API has no queue endpoints", EXIT_INPUT
+        )
+    return backend
 
 
 def _exit_code(exc: Exception) -> int:
@@ -574,6 +622,99 @@ def instances_send_event(ctx: click.Context, name: str, instance_id: str, event_
     value = _parse_json(payload, "--payload")
     sent = _run(ctx, lambda b: b.send_event(name, instance_id, event_type, value))
     _emit(ctx, sent, lambda c, d: c.print(f'📩 Event "{d["type"]}" sent to instance "{d["id"]}"'))
+
+
+@main.group()
+def queues() -> None:
+    """Inspect durable queues (perdure.queues), send to them, redrive dead letters. Needs --db.
+
+    A queue exists while it holds messages or dead letters: a NAME never used reads as empty."""
+
+
+def _render_queues(console: Console, rows: list[dict[str, Any]]) -> None:
+    if not rows:
+        console.print("No queues: this database holds no queue messages or dead letters.")
+        return
+    table = _table("Queue", "Ready", "Delayed", "In flight", "Dead", "Oldest message")
+    for q in rows:
+        age = None if q["oldest_age"] is None else int(q["oldest_age"] * 1000)
+        table.add_row(q["name"], str(q["ready"]), str(q["delayed"]), str(q["in_flight"]), str(q["dead"]), _ms(age))
+    console.print(table)
+
+
+def _render_dead(console: Console, data: dict[str, Any]) -> None:
+    if not data["dead_letters"]:
+        console.print(f'No dead letters in queue "{escape(data["queue"])}".')
+        return
+    table = _table("Id", "Message", "Attempts", "Failed", "Error", "Body")
+    for d in data["dead_letters"]:
+        table.add_row(
+            str(d["id"]),
+            d["message_id"],
+            str(d["attempts"]),
+            _t(d["failed_at"]),
+            d["error"] or "-",
+            _short(d["body"], 60),
+        )
+    console.print(table)
+
+
+@queues.command("list")
+@client_options
+@click.pass_context
+def queues_list(ctx: click.Context) -> None:
+    """Queues with their message counts by state.
+
+    Ready, delayed, in flight (leased by a consumer), dead, and the age of the oldest message
+    not yet acknowledged."""
+    data = _run(ctx, lambda b: _db_only(b).queues())
+    _emit(ctx, {"queues": data} if ctx.obj.get("json") else data, _render_queues)
+
+
+@queues.command("send")
+@click.argument("name")
+@click.argument("body", metavar="BODY_JSON")
+@click.option("--delay", type=click.FloatRange(0), default=0.0, help="seconds before it can be received")
+@client_options
+@click.pass_context
+def queues_send(ctx: click.Context, name: str, body: str, delay: float) -> None:
+    """Send one message to queue NAME.
+
+    BODY_JSON is any JSON value up to 1 MiB."""
+    if not math.isfinite(delay):
+        _fail(f"--delay must be a finite number of seconds, got {delay}", EXIT_INPUT)
+    if not body.strip():
+        _fail("BODY_JSON is empty: pass a JSON value, e.g. '{\"n\": 1}' or 'null'", EXIT_INPUT)
+    value = _parse_json(body, "BODY_JSON")
+    sent = _run(ctx, lambda b: _db_only(b).queue_send(name, value, delay))
+    later = f" (receivable in {sent['delay']:g} s)" if sent["delay"] else ""
+    _emit(ctx, sent, lambda c, d: c.print(f'📬 Message "{d["id"]}" sent to queue "{escape(d["queue"])}"{later}'))
+
+
+@queues.command("dead")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@client_options
+@click.pass_context
+def queues_dead(ctx: click.Context, name: str, limit: int) -> None:
+    """The newest dead letters of queue NAME.
+
+    A queue never used reads as empty (it is not an error)."""
+    _emit(ctx, _run(ctx, lambda b: _db_only(b).queue_dead(name, limit)), _render_dead)
+
+
+@queues.command("redrive")
+@click.argument("name")
+@client_options
+@click.pass_context
+def queues_redrive(ctx: click.Context, name: str) -> None:
+    """Move the dead letters of queue NAME back to ready.
+
+    Their attempts start again from 0. Prints how many moved (0 for a queue never used)."""
+    moved = _run(ctx, lambda b: _db_only(b).queue_redrive(name))
+    _emit(
+        ctx, moved, lambda c, d: c.print(f'Moved {d["redriven"]} dead letter(s) back to queue "{escape(d["queue"])}"')
+    )
 
 
 # -- servers ------------------------------------------------------------------------------------
