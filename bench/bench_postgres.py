@@ -34,25 +34,15 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 
 import psycopg
+from bench_engine import STEPS, TenSteps  # the same workload (bench/ is on the path)
 from psycopg import sql
 
-from perdure import Engine, WorkflowEntrypoint
+from perdure import Engine
 
-STEPS = 10
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_URL = os.environ.get(
     "PERDURE_BENCH_PG_URL", os.environ.get("PERDURE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 )
-
-
-async def noop() -> None:
-    return None
-
-
-class TenSteps(WorkflowEntrypoint):
-    async def run(self, event: Any, step: Any) -> None:
-        for _ in range(event.payload.get("steps", STEPS)):
-            await step.do("noop", noop)
 
 
 def make_engine() -> Engine:

@@ -29,7 +29,7 @@ import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from . import validators
 from .errors import ValidationError
@@ -439,7 +439,31 @@ async def queue_names(engine: Engine) -> list[str]:
 
 
 # -- consumers ------------------------------------------------------------------------------------
-class QueueConsumer:
+class BackgroundConsumer:
+    """``async with consumer:`` runs :meth:`run` in a background task named :attr:`task_name`,
+    and cancels it when the block ends (shared by this module's and the brokers' consumers)."""
+
+    _task: asyncio.Task[None] | None = None
+
+    @property
+    def task_name(self) -> str:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        self._task = asyncio.create_task(self.run(), name=self.task_name)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+
+class QueueConsumer(BackgroundConsumer):
     """Feed batches of ``queue`` to ``handler`` until stopped.
 
     ``async with QueueConsumer(queue, handler):`` runs it in the background; or call
@@ -453,7 +477,10 @@ class QueueConsumer:
         self.handler = handler
         self.batch_size = batch_size
         self.poll_interval = poll_interval
-        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def task_name(self) -> str:
+        return f"perdure-queue-{self.queue.name}"
 
     async def run_once(self) -> int:
         """Receive one batch, hand it over, settle every message; returns the batch size."""
@@ -481,16 +508,6 @@ class QueueConsumer:
                 handled = 0
             if handled == 0:
                 await asyncio.sleep(self.poll_interval)
-
-    async def __aenter__(self) -> QueueConsumer:
-        self._task = asyncio.create_task(self.run(), name=f"perdure-queue-{self.queue.name}")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
 
 async def settle(queue: Queue, messages: list[Message]) -> None:

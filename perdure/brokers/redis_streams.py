@@ -33,7 +33,7 @@ import re
 import socket
 from typing import Any
 
-from ..queues import Handler, Message
+from ..queues import BackgroundConsumer, Handler, Message
 
 log = logging.getLogger("perdure.redis")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")
@@ -43,7 +43,7 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class RedisStreamConsumer:
+class RedisStreamConsumer(BackgroundConsumer):
     """Consume ``stream`` as member ``consumer`` of ``group`` and hand batches to ``handler``.
 
     ``redis``: a ``redis.asyncio.Redis`` client or a URL (``redis://127.0.0.1:6379/0``)."""
@@ -78,7 +78,10 @@ class RedisStreamConsumer:
         self.dead_letter_stream = dead_letter_stream or f"{stream}:dead"
         self.source = _UNSAFE.sub("_", stream)[:50] or "stream"
         self._group_ready = False
-        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def task_name(self) -> str:
+        return f"perdure-redis-{self.stream}"
 
     async def ensure_group(self) -> None:
         """Create the consumer group (and the stream) if they do not exist."""
@@ -182,16 +185,6 @@ class RedisStreamConsumer:
             except Exception:
                 log.exception("stream %s: consumer error; retrying", self.stream)
                 await asyncio.sleep(1.0)
-
-    async def __aenter__(self) -> RedisStreamConsumer:
-        self._task = asyncio.create_task(self.run(), name=f"perdure-redis-{self.stream}")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
 
 
 def _entry_time(entry_id: str) -> float:
