@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from typing import Final, Protocol, runtime_checkable
 
-import httpx
+from punderful.ai.openai_http import chat_content, openai_client
 
 __all__ = ["LLMPunWriter", "PunWriter", "PunWriterError", "RecombinationWriter", "split_pun"]
 
@@ -110,8 +110,7 @@ class LLMPunWriter:
         max_length: int = 1000,
     ) -> None:
         """``base_url`` includes the version prefix, e.g. ``http://127.0.0.1:11434/v1``."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(base_url=base_url.rstrip("/"), headers=headers, timeout=timeout)
+        self._client = openai_client(base_url, api_key, timeout=timeout)
         self._model = model
         self._max_length = max_length
 
@@ -136,19 +135,7 @@ class LLMPunWriter:
             "max_tokens": 200,
             "user": seed,
         }
-        try:
-            response = self._client.post("/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise PunWriterError(f"chat completion request failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise PunWriterError(
-                f"chat completion endpoint returned HTTP {response.status_code}: {response.text[:300]}"
-            )
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise PunWriterError(f"malformed chat completion: {response.text[:300]}") from exc
-        text = _clean(content if isinstance(content, str) else "")
+        text = _clean(chat_content(self._client, body, error=PunWriterError))
         if not text:
             raise PunWriterError("the model returned an empty pun")
         return text[: self._max_length]

@@ -6,6 +6,8 @@
   embedding similarity, or an OpenAI-compatible chat endpoint).
 * :mod:`punderful.ai.moderation` -- pun -> flagged or not (word list, or
   OpenAI's moderation API).
+* :mod:`punderful.ai.openai_http` -- the HTTP calls the OpenAI-compatible
+  clients above (and the puntificator's pun writer) share.
 
 Every class here is synchronous; run calls in a worker thread (for example
 ``await asyncio.to_thread(...)`` or a plain-function workflow step), never

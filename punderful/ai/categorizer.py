@@ -43,6 +43,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from punderful.ai.embedder import Embedder
+from punderful.ai.openai_http import chat_content, openai_client
 
 __all__ = [
     "CATCH_ALL",
@@ -376,13 +377,7 @@ class LLMCategorizer:
             self._names.append(CATCH_ALL)
         self._model = model
         self._max = max_categories
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-        )
+        self._client = openai_client(base_url, api_key, timeout=timeout, transport=transport)
 
     @property
     def categories(self) -> list[str]:
@@ -410,19 +405,7 @@ class LLMCategorizer:
             "temperature": 0,
             "max_tokens": 32,
         }
-        try:
-            response = self._client.post("/chat/completions", json=body)
-        except httpx.HTTPError as exc:
-            raise CategorizerError(f"chat completion request failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise CategorizerError(
-                f"chat completion endpoint returned HTTP {response.status_code}: {response.text[:300]}"
-            )
-        try:
-            content = response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError) as exc:
-            raise CategorizerError(f"malformed chat completion: {response.text[:300]}") from exc
-        return self.parse(content if isinstance(content, str) else "")
+        return self.parse(chat_content(self._client, body, error=CategorizerError))
 
     def parse(self, answer: str) -> list[str]:
         """Map an LLM answer to known category names (``["wordplay"]`` if none)."""

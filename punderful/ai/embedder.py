@@ -40,6 +40,8 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from punderful.ai.openai_http import openai_client, post_json
+
 if TYPE_CHECKING:
     import onnxruntime  # type: ignore[import-untyped, unused-ignore]
     import tokenizers
@@ -354,13 +356,7 @@ class OpenAIEmbedder:
         transport: httpx.BaseTransport | None = None,
     ) -> None:
         """``dimensions`` is sent as the optional OpenAI request field (only some models accept it)."""
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers=headers,
-            timeout=timeout,
-            transport=transport,
-        )
+        self._client = openai_client(base_url, api_key, timeout=timeout, transport=transport)
         self._model = model
         self._dimensions = dimensions
         self._dimension: int | None = None
@@ -396,12 +392,7 @@ class OpenAIEmbedder:
         }
         if self._dimensions is not None:
             body["dimensions"] = self._dimensions
-        try:
-            response = self._client.post("/embeddings", json=body)
-        except httpx.HTTPError as exc:
-            raise EmbeddingError(f"embeddings request failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise EmbeddingError(f"embeddings endpoint returned HTTP {response.status_code}: {response.text[:300]}")
+        response = post_json(self._client, "/embeddings", body, what="embeddings", error=EmbeddingError)
         try:
             rows = sorted(response.json()["data"], key=lambda row: row["index"])
             matrix = np.array([row["embedding"] for row in rows], dtype=np.float32)

@@ -26,6 +26,8 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 
 import httpx
 
+from punderful.ai.openai_http import openai_client, post_json
+
 __all__ = [
     "DEFAULT_ALLOW_WORDS",
     "LocalModeration",
@@ -136,12 +138,7 @@ class OpenAIModeration:
     ) -> None:
         """``base_url`` includes the version prefix."""
         self._model = model
-        self._client = httpx.Client(
-            base_url=base_url.rstrip("/"),
-            headers={"Authorization": f"Bearer {api_key}"},
-            timeout=timeout,
-            transport=transport,
-        )
+        self._client = openai_client(base_url, api_key, timeout=timeout, transport=transport)
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
@@ -149,12 +146,8 @@ class OpenAIModeration:
 
     def moderate(self, text: str) -> ModerationResult:
         """Ask the API; HTTP or format errors raise :class:`ModerationError`."""
-        try:
-            response = self._client.post("/moderations", json={"model": self._model, "input": text})
-        except httpx.HTTPError as exc:
-            raise ModerationError(f"moderation request failed: {exc!r}") from exc
-        if response.status_code != 200:
-            raise ModerationError(f"moderation endpoint returned HTTP {response.status_code}: {response.text[:300]}")
+        body = {"model": self._model, "input": text}
+        response = post_json(self._client, "/moderations", body, what="moderation", error=ModerationError)
         try:
             result = response.json()["results"][0]
             flagged = bool(result["flagged"])
