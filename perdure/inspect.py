@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -266,25 +265,6 @@ def check_limit(limit: object) -> int:
     return value
 
 
-_ID_PREFIX_RE = re.compile(r"[a-zA-Z0-9_-]*")
-
-
-def check_id_prefix(value: object) -> str | None:
-    """An instance id prefix: the characters ids may hold, at most as long as an id; empty
-    means none."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ValidationError(f"id_prefix must be a string, got {type(value).__name__}")
-    if len(value) > validators.MAX_INSTANCE_ID:
-        raise ValidationError(
-            f"id_prefix is {len(value)} characters long; ids have at most {validators.MAX_INSTANCE_ID}"
-        )
-    if not _ID_PREFIX_RE.fullmatch(value):
-        raise ValidationError(f"id_prefix {value[:60]!r} may contain only letters, digits, '_' and '-', as ids do")
-    return value
-
-
 def parse_from_step(value: object) -> dict[str, Any] | None:
     """Validate ``from_step`` (``{"name", "count"?, "type"?}``) of a restart request."""
     if value is None:
@@ -417,7 +397,7 @@ class Operations:
         only instances whose id starts with it."""
         wanted = check_status(status)
         size = check_limit(limit)
-        prefix = check_id_prefix(id_prefix)
+        prefix = validators.instance_id_prefix(id_prefix)
         store_cursor = decode_cursor(cursor)
         await self._check_workflow(name)
         store = await self.engine.ensure_store()

@@ -21,7 +21,9 @@ MAX_BATCH = 100
 MAX_SLEEP_SECONDS = 365 * 86400.0
 DEFAULT_STEP_LIMIT = 10_000
 
-_ID_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_-]*$")
+_ID_CHAR = "[a-zA-Z0-9_-]"
+_ID_RE = re.compile(rf"[a-zA-Z0-9_]{_ID_CHAR}*")
+_ID_PREFIX_RE = re.compile(rf"{_ID_CHAR}*")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
 
 
@@ -39,6 +41,20 @@ def _check_pattern(value: object, what: str, max_len: int) -> str:
 
 def instance_id(value: object) -> str:
     return _check_pattern(value, "instance id", MAX_INSTANCE_ID)
+
+
+def instance_id_prefix(value: object) -> str | None:
+    """The start of an instance id, for searching: the characters ids may hold, at most as long
+    as an id; empty means no prefix."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValidationError(f"id_prefix must be a string, got {type(value).__name__}")
+    if len(value) > MAX_INSTANCE_ID:
+        raise ValidationError(f"id_prefix is {len(value)} characters long; ids have at most {MAX_INSTANCE_ID}")
+    if not _ID_PREFIX_RE.fullmatch(value):
+        raise ValidationError(f"id_prefix {value[:60]!r} may contain only letters, digits, '_' and '-', as ids do")
+    return value
 
 
 def workflow_name(value: object) -> str:

@@ -30,8 +30,9 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from .. import validators
 from ..errors import PerdureError, ValidationError
-from ..inspect import ACTIONS, Operations, check_id_prefix, instance_summary
+from ..inspect import ACTIONS, Operations, instance_summary
 from ..store.base import STATUSES, TERMINAL
 
 HERE = Path(__file__).parent
@@ -138,7 +139,7 @@ async def instances_page(request: Request) -> Response:
         error = None
         page: dict[str, Any]
         try:
-            check_id_prefix(search)
+            validators.instance_id_prefix(search)
         except ValidationError as exc:  # said next to the search box, not as an error page
             page, error = {"instances": [], "next_cursor": None}, str(exc)
         else:
