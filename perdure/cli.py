@@ -48,7 +48,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from .queues import Database, Queue
+    from .queues import Queue
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -180,11 +180,11 @@ class DbBackend:
         except ValidationError as exc:
             raise CliError(str(exc), EXIT_INPUT) from None
         self.ops = Operations(self.engine)
-        self.database: Database | None = None  # the queues' connection, opened on first use
 
     async def close(self) -> None:
-        if self.database is not None:
-            await self.database.close()
+        from .queues import Database
+
+        await Database.release(self.engine)  # the queues' connection, if a command opened one
         await self.engine.stop()
 
     async def workflows(self) -> list[dict[str, Any]]:
@@ -213,16 +213,13 @@ class DbBackend:
         return await self.ops.send_event(name, instance_id, event_type, payload)
 
     async def _queue(self, name: str) -> Queue:
-        from .queues import Database, Queue
+        from .queues import Queue
 
-        queue = Queue(self.engine, name)  # checks the name
-        self.database = await Database.for_engine(self.engine)  # to close it with the backend
-        return queue
+        return Queue(self.engine, name)  # checks the name
 
     async def queues(self) -> list[dict[str, Any]]:
-        from .queues import Database, queue_names
+        from .queues import queue_names
 
-        self.database = await Database.for_engine(self.engine)
         return [{"name": name, **await (await self._queue(name)).stats()} for name in await queue_names(self.engine)]
 
     async def queue_send(self, name: str, body: Any, delay: float) -> dict[str, Any]:

@@ -71,6 +71,15 @@ class Database:
         engine._perdure_ops_database = database  # type: ignore[attr-defined]
         return database
 
+    @staticmethod
+    async def release(engine: Engine) -> None:
+        """Close the connection :meth:`for_engine` opened for ``engine``, if it did
+        (stopping the engine does not)."""
+        cached = getattr(engine, "_perdure_ops_database", None)
+        if isinstance(cached, Database):
+            del engine._perdure_ops_database  # type: ignore[attr-defined]
+            await cached.close()
+
     async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
