@@ -142,17 +142,17 @@ def _deafen(engine: Engine) -> None:
 
 
 def make_engine() -> Engine:
+    options: dict[str, Any] = {}  # unset: the engine's and the store's own defaults
     lease = os.environ.get("PERDURE_TEST_LEASE_TTL", "1")
+    if lease != "default":
+        options["lease_ttl"] = float(lease)
+    if "PERDURE_TEST_SAFETY_POLL" in os.environ:
+        options["safety_poll"] = float(os.environ["PERDURE_TEST_SAFETY_POLL"])
     engine = Engine(
         os.environ["PERDURE_TEST_URL"],
         poll_interval=0.05,
         max_concurrent=int(os.environ.get("PERDURE_TEST_MAX_CONCURRENT", "100")),
-        **({} if lease == "default" else {"lease_ttl": float(lease)}),
-        **(
-            {}
-            if "PERDURE_TEST_SAFETY_POLL" not in os.environ
-            else {"safety_poll": float(os.environ["PERDURE_TEST_SAFETY_POLL"])}
-        ),
+        **options,
     )
     if host := os.environ.get("PERDURE_TEST_OWNER_HOST"):
         # Pose as a process on another machine: a dead local owner is expired at once by its
