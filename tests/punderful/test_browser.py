@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.ci import unavailable
 from tests.punderful.test_app_helpers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -37,9 +38,7 @@ SEED = 20
 
 
 def _missing(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"browser test cannot run in CI: {reason}")
-    pytest.skip(reason)
+    unavailable(f"browser test cannot run: {reason}")
 
 
 @pytest.fixture(scope="module")
