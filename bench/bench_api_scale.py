@@ -59,8 +59,8 @@ from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
 import httpx
 
 from perdure import Engine, WorkflowEntrypoint
-from perdure.api import create_app
-from perdure.inspect import encode_cursor
+from perdure.server.api import create_app
+from perdure.server.operations import encode_cursor
 from perdure.store.pg_sql import COUNTS
 from perdure.store.rows import INSTANCE_COLUMNS, STEP_COLUMNS, WORKFLOW_COLUMNS, prefix_bounds
 

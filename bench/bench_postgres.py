@@ -2,7 +2,7 @@
 
 In one run, against one server:
 
-* throughput with 1 and with 2 worker processes (``perdure.worker`` subprocesses; this process
+* throughput with 1 and with 2 worker processes (``perdure.cli.worker`` subprocesses; this process
   only creates the instances and watches them finish): 1,000 instances x 10 no-op async steps,
   as durable steps/s and workflows/s, plus how many writes each group commit carried;
 * latency: p50/p99 of one 10-step workflow, create to final status, one at a time, with the
@@ -117,7 +117,7 @@ def start_workers(url: str, n: int) -> list[subprocess.Popen[bytes]]:
     env = {**os.environ, "PERDURE_BENCH_URL": url, "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{ROOT}"}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "perdure.worker", "bench_postgres:make_engine", "--log-level", "WARNING"],
+            [sys.executable, "-m", "perdure.cli.worker", "bench_postgres:make_engine", "--log-level", "WARNING"],
             cwd=ROOT,
             env=env,
         )

@@ -355,10 +355,10 @@ def _perdure_mount(app: Punderful) -> Mount | None:
 
     Imported lazily (and by name, so the app also runs with an engine-only Perdure)."""
     try:
-        module = importlib.import_module("perdure.api")
+        module = importlib.import_module("perdure.server.api")
         create_app = module.create_app
     except (ImportError, AttributeError):
-        log.info("perdure.api is not available: the workflow dashboard is not mounted")
+        log.info("perdure.server.api is not available: the workflow dashboard is not mounted")
         return None
     try:
         sub_app = create_app(app.engine, token=app.config.dashboard_token)

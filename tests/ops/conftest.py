@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from perdure import Engine
-from perdure.api import create_app
+from perdure.server.api import create_app
 
 from .sample_app import register
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from perdure import Engine
-from perdure.queues import Queue
+from perdure.triggers.queues import Queue
 
 from .test_cli import as_json, cli
 

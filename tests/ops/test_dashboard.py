@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from perdure import Engine
-from perdure.api import create_app
+from perdure.server.api import create_app
 from tests.ci import unavailable
 
 from .conftest import wait_status

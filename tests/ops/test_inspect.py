@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from perdure.inspect import (
+from perdure.server.operations import (
     check_limit,
     check_status,
     decode_cursor,

@@ -7,7 +7,7 @@ import re
 import httpx
 
 from perdure import Engine
-from perdure.queues import Queue
+from perdure.triggers.queues import Queue
 
 from .conftest import wait_status
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from perdure import Engine
-from perdure.queues import Message, Queue, QueueConsumer, workflow_trigger
+from perdure.triggers.queues import Message, Queue, QueueConsumer, workflow_trigger
 
 
 class FakeClock:
@@ -174,7 +174,7 @@ async def stream(redis: Any) -> AsyncIterator[str]:
 async def test_redis_stream_starts_instances(engine: Engine, redis: Any, stream: str) -> None:
     import json
 
-    from perdure.brokers.redis_streams import RedisStreamConsumer
+    from perdure.triggers.redis_streams import RedisStreamConsumer
 
     first = await redis.xadd(stream, {"body": json.dumps({"name": "Ada"})})
     await redis.xadd(stream, {"body": json.dumps({"id": "from-redis", "params": {"name": "Bob"}})})
@@ -193,7 +193,7 @@ async def test_redis_stream_starts_instances(engine: Engine, redis: Any, stream:
 async def test_redis_reclaims_and_dead_letters(engine: Engine, redis: Any, stream: str) -> None:
     import json
 
-    from perdure.brokers.redis_streams import RedisStreamConsumer
+    from perdure.triggers.redis_streams import RedisStreamConsumer
 
     attempts: list[str] = []
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import httpx
 
 from perdure import Engine
-from perdure.api import create_app
+from perdure.server.api import create_app
 
 from .sample_app import Hello
 from .test_api import error_of

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from perdure import Engine
-from perdure.api import create_app
+from perdure.server.api import create_app
 
 from .sample_app import register
 

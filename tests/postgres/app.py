@@ -1,6 +1,6 @@
 """The application that the worker processes of these tests run.
 
-Started as ``python -m perdure.worker tests.postgres.app:make_engine``; configured through the
+Started as ``python -m perdure.cli.worker tests.postgres.app:make_engine``; configured through the
 environment:
 
 * ``PERDURE_TEST_URL``: the store URL (with ``schema`` and ``application_name``);

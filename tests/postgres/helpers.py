@@ -1,5 +1,5 @@
 """Helpers for the PostgreSQL multi-process tests: a schema per test, worker subprocesses
-(``python -m perdure.worker tests.postgres.app:make_engine``), and reading the results."""
+(``python -m perdure.cli.worker tests.postgres.app:make_engine``), and reading the results."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ class Worker:
             **env,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perdure.worker", "tests.postgres.app:make_engine", "--log-level", "INFO"],
+            [sys.executable, "-m", "perdure.cli.worker", "tests.postgres.app:make_engine", "--log-level", "INFO"],
             cwd=ROOT,
             env=environment,
             stdout=self.log_file,

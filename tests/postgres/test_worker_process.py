@@ -1,4 +1,4 @@
-"""``python -m perdure.worker``: graceful stop, waiting for the database, bad app strings."""
+"""``python -m perdure.cli.worker``: graceful stop, waiting for the database, bad app strings."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ pytestmark = pytest.mark.slow
 
 def test_a_bad_app_string_exits_with_a_message() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "perdure.worker", "no_such_module_xyz:engine"],
+        [sys.executable, "-m", "perdure.cli.worker", "no_such_module_xyz:engine"],
         cwd=ROOT,
         capture_output=True,
         text=True,

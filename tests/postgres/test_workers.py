@@ -1,6 +1,6 @@
 """Many worker processes on one PostgreSQL database: crashes, frozen workers, lost connections.
 
-Each test runs real ``python -m perdure.worker`` processes on a fresh schema and checks the
+Each test runs real ``python -m perdure.cli.worker`` processes on a fresh schema and checks the
 contract of issue 3: every instance completes, every step is recorded exactly once, no step's
 side effect runs in two workers at once, a worker that lost its lease cannot record anything,
 and a worker whose connections die keeps going.

@@ -266,7 +266,9 @@ async def test_workflow_timeline_lists_every_publish_step(app: Punderful, client
     assert len(embedding["attempts"]) == 1 and embedding["attempts"][0]["error"] is None
 
 
-@pytest.mark.skipif(importlib.util.find_spec("perdure.api") is None, reason="perdure.api is not in this checkout")
+@pytest.mark.skipif(
+    importlib.util.find_spec("perdure.server.api") is None, reason="perdure.server.api is not in this checkout"
+)
 async def test_the_perdure_dashboard_and_api_are_mounted(app: Punderful, client: httpx.AsyncClient) -> None:
     (pun,) = await publish_all(app, client, [CHEESE])
     assert pun["workflow"]["url"] == f"/perdure/dashboard/workflows/publish/instances/{pun['id']}"

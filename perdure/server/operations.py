@@ -24,14 +24,14 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from . import validators
-from .binding import Instance, WorkflowBinding
-from .errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
-from .serde import public_error
-from .store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
+from .. import validators
+from ..binding import Instance, WorkflowBinding
+from ..errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
+from ..serde import public_error
+from ..store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine import Engine
 
 #: ``type`` of a step in views, as Cloudflare's step log names it.
 STEP_TYPES = {DO: "step", SLEEP: "sleep", WAIT: "waitForEvent"}

@@ -1,4 +1,4 @@
-"""Run a worker process: ``python -m perdure.worker myapp.workflows:engine`` (``perdure worker``).
+"""Run a worker process: ``python -m perdure.cli.worker myapp.workflows:engine`` (``perdure worker``).
 
 A worker imports the application (the ``module:attribute`` that holds its :class:`~perdure.Engine`
 with the workflows registered), starts the engine, and runs instances until it receives SIGTERM
@@ -22,7 +22,7 @@ import os
 import signal
 import sys
 
-from .engine import Engine
+from ..engine import Engine
 
 log = logging.getLogger("perdure.worker")
 
@@ -109,7 +109,7 @@ def run_worker(app_spec: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m perdure.worker", description="Run a Perdure worker process.")
+    parser = argparse.ArgumentParser(prog="python -m perdure.cli.worker", description="Run a Perdure worker process.")
     parser.add_argument("app", help="module:attribute of the application's Engine, e.g. myapp.workflows:engine")
     parser.add_argument("--log-level", default=os.environ.get("PERDURE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)

@@ -31,12 +31,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Self
 
-from . import validators
-from .errors import ValidationError
+from .. import validators
+from ..errors import ValidationError
 
 if TYPE_CHECKING:
-    from .binding import WorkflowBinding
-    from .engine import Engine
+    from ..binding import WorkflowBinding
+    from ..engine import Engine
 
 log = logging.getLogger("perdure.queues")
 
@@ -59,7 +59,7 @@ class Database:
         cached = getattr(engine, "_perdure_ops_database", None)
         if isinstance(cached, Database):
             return cached
-        from .store.sqlite import SQLiteStore
+        from ..store.sqlite import SQLiteStore
 
         database: Database
         if isinstance(store, SQLiteStore):
@@ -553,7 +553,7 @@ def workflow_trigger(
 
     A message that can never make a valid instance (bad id, params over 1 MiB, ...) is
     dead-lettered at once; a database failure retries the whole batch."""
-    from .inspect import _create
+    from ..server.operations import _create
 
     async def handle(messages: list[Message]) -> None:
         items: list[tuple[Message, Mapping[str, Any]]] = []

@@ -13,8 +13,8 @@ How the consumer works, per batch:
    than ``max_deliveries`` times is copied to the dead-letter stream (``<stream>:dead``) and
    acknowledged.
 2. Otherwise ``XREADGROUP`` new entries (blocking up to ``block_ms``).
-3. The handler (the same :data:`~perdure.queues.Handler` as for durable queues, e.g.
-   :func:`~perdure.queues.workflow_trigger`) runs on the batch; entries it did not mark are
+3. The handler (the same :data:`~perdure.triggers.queues.Handler` as for durable queues, e.g.
+   :func:`~perdure.triggers.queues.workflow_trigger`) runs on the batch; entries it did not mark are
    acknowledged, entries marked for retry stay pending and are re-claimed later, entries
    marked dead are dead-lettered.
 
@@ -33,7 +33,7 @@ import re
 import socket
 from typing import Any
 
-from ..queues import BackgroundConsumer, Handler, Message
+from .queues import BackgroundConsumer, Handler, Message
 
 log = logging.getLogger("perdure.redis")
 _UNSAFE = re.compile(r"[^a-zA-Z0-9_-]")

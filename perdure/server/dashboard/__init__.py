@@ -30,10 +30,10 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from .. import validators
-from ..errors import PerdureError, ValidationError
-from ..inspect import ACTIONS, Operations, instance_summary
-from ..store.base import STATUSES, TERMINAL
+from ... import validators
+from ...errors import PerdureError, ValidationError
+from ...store.base import STATUSES, TERMINAL
+from ..operations import ACTIONS, Operations, instance_summary
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))

@@ -12,7 +12,7 @@ straight to a database (``--db sqlite:///perdure.db`` or ``--db postgresql://...
     perdure instances pause|resume|terminate|restart NAME ID
     perdure instances send-event NAME ID --type approval --payload '{"ok": true}'
 
-Durable queues (:mod:`perdure.queues`) need ``--db``: the REST API has no queue endpoints::
+Durable queues (:mod:`perdure.triggers.queues`) need ``--db``: the REST API has no queue endpoints::
 
     perdure --db URL queues list                       # ready / delayed / in flight / dead
     perdure --db URL queues send NAME '{"n": 1}' --delay 30
@@ -48,7 +48,7 @@ from rich.table import Table
 from rich.text import Text
 
 if TYPE_CHECKING:
-    from .queues import Queue
+    from ..triggers.queues import Queue
 
 T = TypeVar("T")
 DEFAULT_URL = "http://127.0.0.1:8080"
@@ -166,9 +166,9 @@ class DbBackend:
     """Reads and writes the database directly (no server needed)."""
 
     def __init__(self, url: str) -> None:
-        from .engine import Engine
-        from .errors import ValidationError
-        from .inspect import Operations
+        from ..engine import Engine
+        from ..errors import ValidationError
+        from ..server.operations import Operations
 
         if url.startswith("sqlite://"):
             path = url[len("sqlite://") :]
@@ -182,7 +182,7 @@ class DbBackend:
         self.ops = Operations(self.engine)
 
     async def close(self) -> None:
-        from .queues import Database
+        from ..triggers.queues import Database
 
         await Database.release(self.engine)  # the queues' connection, if a command opened one
         await self.engine.stop()
@@ -213,12 +213,12 @@ class DbBackend:
         return await self.ops.send_event(name, instance_id, event_type, payload)
 
     async def _queue(self, name: str) -> Queue:
-        from .queues import Queue
+        from ..triggers.queues import Queue
 
         return Queue(self.engine, name)  # checks the name
 
     async def queues(self) -> list[dict[str, Any]]:
-        from .queues import queue_names
+        from ..triggers.queues import queue_names
 
         return [{"name": name, **await (await self._queue(name)).stats()} for name in await queue_names(self.engine)]
 
@@ -227,7 +227,7 @@ class DbBackend:
         return {"queue": name, "id": await queue.send(body, delay=delay), "delay": delay}
 
     async def queue_dead(self, name: str, limit: int) -> dict[str, Any]:
-        from .inspect import iso
+        from ..server.operations import iso
 
         letters = await (await self._queue(name)).dead_letters(limit)
         return {"queue": name, "dead_letters": [{**d, "failed_at": iso(d["failed_at"])} for d in letters]}
@@ -248,13 +248,13 @@ def _db_only(backend: Backend) -> DbBackend:
 
 
 def _exit_code(exc: Exception) -> int:
-    from .errors import (
+    from ..errors import (
         InstanceAlreadyExistsError,
         InstanceNotFoundError,
         InvalidStateError,
         WorkflowNotFoundError,
     )
-    from .inspect import StepNotFoundError
+    from ..server.operations import StepNotFoundError
 
     if isinstance(exc, (InstanceNotFoundError, WorkflowNotFoundError, StepNotFoundError)):
         return EXIT_NOT_FOUND
@@ -267,7 +267,7 @@ def _exit_code(exc: Exception) -> int:
 
 def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]]) -> T:
     """Open the backend the options name, run ``action``, turn errors into exits."""
-    from .errors import PerdureError
+    from ..errors import PerdureError
 
     options = ctx.obj
 
@@ -344,7 +344,7 @@ def _t(value: str | None) -> str:
 
 
 def _ms(value: int | None) -> str:
-    from .dashboard import _ms as fmt
+    from ..server.dashboard import _ms as fmt
 
     return fmt(value)
 
@@ -623,7 +623,7 @@ def instances_send_event(ctx: click.Context, name: str, instance_id: str, event_
 
 @main.group()
 def queues() -> None:
-    """Inspect durable queues (perdure.queues), send to them, redrive dead letters. Needs --db.
+    """Inspect durable queues (perdure.triggers.queues), send to them, redrive dead letters. Needs --db.
 
     A queue exists while it holds messages or dead letters: a NAME never used reads as empty."""
 
@@ -747,7 +747,7 @@ def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worke
         _fail("the token must be at least 8 characters long", EXIT_INPUT)
     import uvicorn
 
-    from .api import create_app
+    from ..server.api import create_app
 
     engine = _load(app_spec)
     allowed = LOOPBACK_NAMES if not token and is_loopback(host) else None
@@ -817,30 +817,10 @@ def dev(app: str, host: str, port: int, server_token: str | None, log_level: str
 @click.argument("app", metavar="APP")
 def worker(app: str) -> None:
     """Run a worker process for APP (module:attribute naming an Engine)."""
-    import importlib
-
-    try:  # perdure.worker belongs to the worker's own module; fall back to a plain loop without it
-        run_worker = getattr(importlib.import_module("perdure.worker"), "run_worker", None)
-    except ImportError:
-        run_worker = None
-    if run_worker is not None:
-        from .app_loader import AppLoadError
-
-        try:
-            result = run_worker(app)
-            if asyncio.iscoroutine(result):
-                asyncio.run(result)
-        except AppLoadError as exc:
-            _fail(str(exc), EXIT_INPUT)
-        return
-    engine = _load(app)
-
-    async def forever() -> None:
-        async with engine:
-            click.echo(f"Perdure worker for {app}: running {', '.join(engine.workflows) or 'no workflows'}", err=True)
-            await asyncio.Event().wait()
+    from .app_loader import AppLoadError
+    from .worker import run_worker
 
     try:
-        asyncio.run(forever())
-    except KeyboardInterrupt:
-        pass
+        run_worker(app)
+    except AppLoadError as exc:
+        _fail(str(exc), EXIT_INPUT)

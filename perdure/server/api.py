@@ -6,7 +6,7 @@ The app does not start workers: it reads and writes the store, and workers (``pe
 worker``, ``perdure dev``, or ``async with engine`` elsewhere) run the instances.
 
 Every failure is a JSON body ``{"error": {"code", "message"}}`` with a 4xx status (see
-:data:`perdure.openapi.ERROR_CODES`). Three guards run before any endpoint:
+:data:`perdure.server.openapi.ERROR_CODES`). Three guards run before any endpoint:
 
 * the **body limit**: a request body over ``max_body_bytes`` (1 MiB plus 64 KiB) is refused
   with 413, from its ``Content-Length`` or while it streams in, before anything is parsed;
@@ -32,19 +32,19 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from .errors import (
+from ..errors import (
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
     InvalidStateError,
     ValidationError,
     WorkflowNotFoundError,
 )
-from .inspect import Operations, StepNotFoundError
 from .metrics import Metrics
 from .openapi import openapi_document
+from .operations import Operations, StepNotFoundError
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine import Engine
 
 log = logging.getLogger("perdure.api")
 

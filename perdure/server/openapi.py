@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .inspect import ACTIONS, MAX_LIST_LIMIT
-from .store.base import STATUSES
-from .validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
+from ..store.base import STATUSES
+from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
+from .operations import ACTIONS, MAX_LIST_LIMIT
 
 #: Every ``error.code`` the API returns, with its HTTP status.
 ERROR_CODES: dict[str, int] = {

@@ -5,7 +5,7 @@ hooks inside the engine. Instead each scrape (:meth:`Metrics.refresh`):
 
 * reads **gauges** from the store: instances by workflow and status, how many are queued
   (the instance queue depth) and the age of the oldest queued one, how overdue the earliest
-  timer is, and the depth of every durable queue (:mod:`perdure.queues`);
+  timer is, and the depth of every durable queue (:mod:`perdure.triggers.queues`);
 * **tails the instance history** (rows after the last one it saw) and, for every instance
   that started or finished since, updates counters and histograms: step attempts, attempt
   failures, step successes and failures, attempt and step wall time by workflow and step
@@ -33,12 +33,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .queues import Database, ensure_queue_tables
-from .retries import retry_delay
-from .store.base import DO, QUEUED, SLEEP, STATUSES, StepRecord
+from ..retries import retry_delay
+from ..store.base import DO, QUEUED, SLEEP, STATUSES, StepRecord
+from ..triggers.queues import Database, ensure_queue_tables
 
 if TYPE_CHECKING:
-    from .engine import Engine
+    from ..engine import Engine
 
 log = logging.getLogger("perdure.metrics")
 

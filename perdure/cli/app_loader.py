@@ -19,7 +19,7 @@ import os
 import sys
 from typing import Any
 
-from .engine import Engine
+from ..engine import Engine
 
 
 class AppLoadError(Exception):

@@ -1,1 +1,0 @@
-"""Consumers for external message brokers that start workflow instances (see :mod:`perdure.queues`)."""

@@ -1,0 +1,9 @@
+"""The operations layer over HTTP: the REST API (:mod:`.api`, described by :mod:`.openapi`), the
+dashboard (:mod:`.dashboard`), Prometheus metrics (:mod:`.metrics`), and the operations model
+they and the CLI share (:mod:`.operations`: JSON views of workflows, instances, steps and the
+Cloudflare event history) with its text formatting (:mod:`.formatting`).
+
+HTTP enters Perdure here: :func:`perdure.server.api.create_app` is a Starlette app to serve or
+mount. Nothing in this package is imported by the engine; it drives the engine through its
+bindings, like any application.
+"""
