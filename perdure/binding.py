@@ -1,7 +1,8 @@
 """Bindings and instance handles: how code creates and controls instances (SPEC §2).
 
 They read and write the store whether or not the engine runs in this process: a web server can
-create instances that a worker process runs.
+create instances that a worker process runs. A binding knows its engine only through
+:class:`EngineLink` (the engine imports this module, never the other way round).
 """
 
 from __future__ import annotations
@@ -9,16 +10,35 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from . import validators
+from .clock import Clock
 from .errors import InstanceNotFoundError, ValidationError
+from .records import TERMINAL, InstanceRecord, NewInstance
 from .serde import public_error
-from .store.base import STEP_KINDS, TERMINAL, NewInstance
+from .store import Store
 
-if TYPE_CHECKING:
-    from .engine import Engine
-    from .store.base import InstanceRecord, Store
+
+class EngineLink(Protocol):
+    """What bindings and instance handles need of their engine (:class:`perdure.Engine`)."""
+
+    clock: Clock
+
+    async def ensure_store(self) -> Store:
+        """The engine's store, opened."""
+
+    def nudge(self) -> None:
+        """Something may have become runnable: a running engine claims soon."""
+
+    def control_changed(self) -> None:
+        """An instance was paused, terminated or restarted from this process."""
+
+    def instance_ended(self, pk: int) -> None:
+        """Instance ``pk`` ended: wake whoever waits on it here."""
+
+    async def wait_for_change(self, pk: int, timeout: float) -> None:
+        """Return when instance ``pk`` ends in this process, or after ``timeout`` seconds."""
 
 
 def _create_item(options: object) -> tuple[str, str]:
@@ -38,7 +58,7 @@ def _create_item(options: object) -> tuple[str, str]:
 class WorkflowBinding:
     """The handle ``engine.register`` returns: ``create``, ``create_batch`` and ``get``."""
 
-    def __init__(self, engine: Engine, name: str) -> None:
+    def __init__(self, engine: EngineLink, name: str) -> None:
         self._engine = engine
         self.name = name
 
@@ -57,14 +77,14 @@ class WorkflowBinding:
             item: Mapping[str, Any] = options
         else:
             item = {"id": id, "params": params}
-        created = await self._create_many([item], skip_existing=False)
+        created = await self.create_many([item], skip_existing=False)
         return created[0]
 
     async def create_batch(self, items: list[Mapping[str, Any]]) -> list[Instance]:
         """Queue 1-100 instances at once; ids that already exist are skipped and left out."""
-        return await self._create_many(validators.batch_size(items), skip_existing=True)
+        return await self.create_many(validators.batch_size(items), skip_existing=True)
 
-    async def _create_many(
+    async def create_many(
         self,
         items: list[Mapping[str, Any]],
         *,
@@ -72,6 +92,10 @@ class WorkflowBinding:
         trigger: str = "binding",
         schedule: dict[str, Any] | None = None,
     ) -> list[Instance]:
+        """Queue instances on behalf of a trigger: ``trigger`` names it (``"api"``, ``"cron"``,
+        ``"queue"``...; ``describe`` shows it as Cloudflare's ``trigger.source``) and
+        ``schedule`` is a cron firing's ``event.schedule``. Any number of items (a trigger
+        batches as it likes); ids that exist raise, or are skipped with ``skip_existing``."""
         new = [NewInstance(*_create_item(item), trigger=trigger, schedule=schedule) for item in items]
         store = await self._store()
         records = await store.create_instances(self.name, new, self._engine.clock.now(), skip_existing=skip_existing)
@@ -133,23 +157,12 @@ class Instance:
         store = await self._binding._store()
         await store.terminate(self.pk, self._engine.clock.now())
         self._engine.control_changed()
-        self._engine._notify_watchers(self.pk)
+        self._engine.instance_ended(self.pk)
 
     async def restart(self, from_step: Mapping[str, Any] | None = None) -> None:
         """Discard stored step results and run again with the same id and params;
         ``from_step={"name", "count"=1, "type"="do"}`` keeps the steps before that one."""
-        key = None
-        if from_step is not None:
-            if not isinstance(from_step, Mapping) or set(from_step) - {"name", "count", "type"}:
-                raise ValidationError("from_step must be a mapping with 'name' and optional 'count' and 'type'")
-            name = validators.step_name(from_step.get("name"))
-            count = from_step.get("count", 1)
-            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-                raise ValidationError(f"from_step 'count' must be an integer >= 1, got {count!r}")
-            kind = from_step.get("type", "do")
-            if kind not in STEP_KINDS:
-                raise ValidationError(f"from_step 'type' must be one of {', '.join(STEP_KINDS)}, got {kind!r}")
-            key = (kind, name, count)
+        key = validators.from_step(from_step)
         store = await self._binding._store()
         await store.restart(self.pk, self._engine.clock.now(), key)
         self._engine.control_changed()

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 from . import validators
 from .clock import Clock, run_with_timeout
 from .durations import Duration, parse_duration, parse_timestamp
-from .errors import EventTimeoutError, NonRetryableError, ValidationError, WorkflowTimeoutError
+from .errors import EventTimeoutError, Fenced, NonRetryableError, ValidationError, WorkflowTimeoutError
 from .event import to_datetime
+from .records import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord
 from .retries import resolve_config, retry_delay, timeout_seconds
 from .serde import error_info, rebuild_error
-from .store.base import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, Fenced, StepRecord
 from .tracing import span
 
 if TYPE_CHECKING:

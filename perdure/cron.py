@@ -1,5 +1,9 @@
 """Cron schedules: each firing creates one instance with ``event.schedule`` set.
 
+Schedules belong to a workflow's registration (``engine.register(..., schedules=[...])``) and
+fire while its engine runs: they are the engine's own timers, beside sleeps and retry delays,
+so they live with the engine rather than with the triggers that feed it from outside.
+
 The instance id is derived from the workflow, the expression and the firing time, so when
 several workers fire the same schedule, the store keeps exactly one instance per firing.
 """
@@ -9,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import logging
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from croniter import croniter
 
+from .binding import WorkflowBinding
+from .clock import Clock
 from .errors import ValidationError
-
-if TYPE_CHECKING:
-    from .engine import Engine, Registration
 
 log = logging.getLogger("perdure")
 
@@ -40,20 +42,20 @@ def firing_id(expression: str, when: float) -> str:
     return f"cron-{digest}-{stamp}"
 
 
-async def run_schedule(engine: Engine, registration: Registration, expression: str) -> None:
-    """Fire ``expression`` forever (until cancelled). Firings missed while no worker ran are
-    not made up, as with Cloudflare's cron triggers."""
-    after = engine.clock.now()
+async def run_schedule(binding: WorkflowBinding, clock: Clock, expression: str) -> None:
+    """Fire ``expression`` for ``binding``'s workflow forever (until cancelled). Firings missed
+    while no worker ran are not made up, as with Cloudflare's cron triggers."""
+    after = clock.now()
     while True:
         when = next_firing(expression, after)
-        await engine.clock.sleep(when - engine.clock.now())
+        await clock.sleep(when - clock.now())
         try:
-            await registration.binding._create_many(
+            await binding.create_many(
                 [{"id": firing_id(expression, when), "params": {}}],
                 skip_existing=True,
                 trigger="cron",
                 schedule={"cron": expression, "scheduled_time": when},
             )
         except Exception:
-            log.exception("perdure: cron firing %s of %s failed", expression, registration.name)
+            log.exception("perdure: cron firing %s of %s failed", expression, binding.name)
         after = when

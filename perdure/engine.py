@@ -1,5 +1,15 @@
 """The engine: registers workflows, claims runnable instances and replays them.
 
+Where things happen, end to end: HTTP enters in :mod:`perdure.server.api` (or a trigger in
+:mod:`perdure.triggers`, or the application's code) and calls a binding
+(:mod:`perdure.binding`), which writes a queued instance to the store. This engine's
+dispatcher (:meth:`Engine._dispatch_loop`) **claims** it (:meth:`perdure.store.base.Store.claim`)
+and replays ``run()``; each step is **memoised** by :class:`perdure.context.Step` through
+:meth:`~perdure.store.base.Store.save_step`. A long sleep or an event wait suspends the
+instance with a ``wake_at``: the **timer fires** when the dispatcher, sleeping until
+:meth:`~perdure.store.base.Store.next_wake_at`, claims it again. Cron schedules are the engine's
+own timers too (:mod:`perdure.cron`).
+
 An :class:`Engine` that is never started is a client: bindings create and control instances in
 the store, and workers elsewhere run them. A started engine (``async with engine:``) also runs a
 *dispatcher* that
@@ -24,44 +34,21 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlparse
 
 from . import validators
 from .binding import WorkflowBinding
 from .clock import Clock, SystemClock
 from .context import Step, Stop
+from .cron import run_schedule, validate_cron
 from .entrypoint import WorkflowEntrypoint
-from .errors import ValidationError, WorkflowNotFoundError
+from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
+from .records import COMPLETE, ERRORED, TERMINAL, InstanceRecord, WorkflowRecord
 from .serde import error_info
-from .store.base import COMPLETE, ERRORED, TERMINAL, Fenced, InstanceRecord, Store, WorkflowRecord
+from .store import Store, open_store
 from .tracing import span
 
 log = logging.getLogger("perdure")
-
-
-def open_store(url: str, **options: Any) -> Store:
-    """A store for ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``postgresql://…``."""
-    if not isinstance(url, str):
-        raise ValidationError(f"database url must be a string, got {type(url).__name__}")
-    if url.startswith("sqlite://"):
-        from .store.sqlite import SQLiteStore
-
-        path = url[len("sqlite://") :]
-        if path.startswith("/"):
-            path = path[1:]
-        if not path:
-            raise ValidationError(f"database url {url!r} names no file: use sqlite:///path/to/file.db")
-        return SQLiteStore(path, **options)
-    scheme = urlparse(url).scheme
-    if scheme in ("postgresql", "postgres"):
-        try:
-            from .store.postgres import PostgresStore  # type: ignore[import-not-found,unused-ignore]
-        except ImportError as exc:  # pragma: no cover - depends on the installed backend
-            raise ValidationError(f"the PostgreSQL backend is not available: {exc}") from None
-        store: Store = PostgresStore(url, **options)
-        return store
-    raise ValidationError(f"unsupported database url {url!r}: use sqlite:///file.db or postgresql://user@host/db")
 
 
 @dataclass
@@ -147,8 +134,6 @@ class Engine:
         if isinstance(schedules, str):
             schedules = [schedules]
         schedules = list(schedules or [])
-        from .cron import validate_cron
-
         for cron in schedules:
             validate_cron(cron)
         step_limit = validators.DEFAULT_STEP_LIMIT
@@ -241,11 +226,11 @@ class Engine:
             log.exception("perdure: could not record the registration of %s", [r.name for r in registrations])
 
     def _start_schedules(self, registration: Registration) -> None:
-        from .cron import run_schedule
-
         for cron in registration.schedules:
             self._background.append(
-                asyncio.create_task(run_schedule(self, registration, cron), name=f"perdure-cron-{registration.name}")
+                asyncio.create_task(
+                    run_schedule(registration.binding, self.clock, cron), name=f"perdure-cron-{registration.name}"
+                )
             )
 
     # -- notifications from bindings -------------------------------------------------------------
@@ -280,7 +265,8 @@ class Engine:
                 if not watchers:
                     del self._watchers[pk]
 
-    def _notify_watchers(self, pk: int) -> None:
+    def instance_ended(self, pk: int) -> None:
+        """Instance ``pk`` ended (finished here, or terminated from this process): wake its waiters."""
         for future in self._watchers.pop(pk, []):
             if not future.done():
                 future.set_result(None)
@@ -459,7 +445,7 @@ class Engine:
             current = self._running.get(record.pk)
             if current is not None and current[0] == record.epoch:
                 del self._running[record.pk]
-            self._notify_watchers(record.pk)
+            self.instance_ended(record.pk)
             self.nudge()
 
     async def _stopped(self, record: InstanceRecord, step: Step, stop: Stop) -> None:

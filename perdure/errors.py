@@ -8,6 +8,8 @@ Errors split in three families:
 * binding errors raised by instance control (:class:`InstanceNotFoundError`,
   :class:`InstanceAlreadyExistsError`, :class:`InvalidStateError`);
 * :class:`ValidationError`, a ``ValueError`` raised for bad input before anything is stored.
+
+And one signal between the store and the engine that user code never sees: :class:`Fenced`.
 """
 
 from __future__ import annotations
@@ -68,3 +70,9 @@ class InvalidStateError(PerdureError):
 
 class WorkflowNotFoundError(PerdureError, LookupError):
     """No workflow of that name is registered."""
+
+
+class Fenced(Exception):
+    """A write was refused: the instance's epoch moved on (it was reclaimed, terminated or
+    restarted). The store raises it and the engine handles it: the run that made the write
+    lost its instance and ends without recording anything more (never seen by user code)."""

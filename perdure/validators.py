@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from .errors import ValidationError
+from .records import DO, SLEEP, WAIT, StepKind
 
 MAX_INSTANCE_ID = 100
 MAX_WORKFLOW_NAME = 64
@@ -99,3 +101,29 @@ def sleep_seconds(seconds: float, what: str) -> float:
     if seconds > MAX_SLEEP_SECONDS:
         raise ValidationError(f"{what} is {seconds:.0f} seconds; the limit is 365 days")
     return seconds
+
+
+# Restarting from a step names it like Cloudflare's API: "do" (or "step"), "sleep", "waitForEvent".
+_STEP_TYPES: dict[str, StepKind] = {"do": DO, "step": DO, "sleep": SLEEP, "waitForEvent": WAIT}
+
+
+def from_step(value: object) -> tuple[StepKind, str, int] | None:
+    """Check a restart's ``from_step`` (``{"name", "count"?: 1, "type"?: "do"}``); return the
+    step's key ``(kind, name, count)``, or None when there is none."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise ValidationError("from_step must be an object {name, count?, type?}")
+    unknown = set(value) - {"name", "count", "type"}
+    if unknown:
+        raise ValidationError(f"unknown key(s) {sorted(unknown)} in from_step; allowed: name, count, type")
+    name = step_name(value.get("name"))
+    count = value.get("count", 1)
+    if isinstance(count, float) and count.is_integer():  # JSON Schema: 3.0 is an integer
+        count = int(count)
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValidationError(f"from_step count must be an integer >= 1, got {count!r}")
+    kind = value.get("type", DO)
+    if not isinstance(kind, str) or kind not in _STEP_TYPES:
+        raise ValidationError(f"from_step type must be one of do, sleep, waitForEvent, got {kind!r}")
+    return (_STEP_TYPES[kind], name, count)

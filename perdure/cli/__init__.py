@@ -182,9 +182,6 @@ class DbBackend:
         self.ops = Operations(self.engine)
 
     async def close(self) -> None:
-        from ..triggers.queues import Database
-
-        await Database.release(self.engine)  # the queues' connection, if a command opened one
         await self.engine.stop()
 
     async def workflows(self) -> list[dict[str, Any]]:

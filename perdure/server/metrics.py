@@ -33,9 +33,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..records import DO, QUEUED, SLEEP, STATUSES, StepRecord
 from ..retries import retry_delay
-from ..store.base import DO, QUEUED, SLEEP, STATUSES, StepRecord
-from ..triggers.queues import Database, ensure_queue_tables
+from ..store import Store
+from ..triggers.queues import depth_view
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -212,81 +213,51 @@ class Metrics:
         overdue = 0.0 if next_wake is None else max(0.0, now - next_wake)
         queues: dict[str, Any] = {}
         try:
-            database = await Database.for_engine(self.engine)
-            await ensure_queue_tables(database)
-            rows = await database.fetch(
-                "SELECT queue, SUM(CASE WHEN visible_at <= ? THEN 1 ELSE 0 END),"
-                " SUM(CASE WHEN visible_at > ? AND lease IS NULL THEN 1 ELSE 0 END),"
-                " SUM(CASE WHEN visible_at > ? AND lease IS NOT NULL THEN 1 ELSE 0 END), MIN(created_at)"
-                " FROM perdure_queue_messages GROUP BY queue",
-                (now, now, now),
-            )
-            for name, ready, delayed, in_flight, oldest_at in rows:
-                queues[name] = {
-                    "ready": int(ready or 0),
-                    "delayed": int(delayed or 0),
-                    "in_flight": int(in_flight or 0),
-                    "dead": 0,
-                    "oldest_age": max(0.0, now - float(oldest_at)) if oldest_at is not None else None,
-                }
-            for name, dead in await database.fetch("SELECT queue, COUNT(*) FROM perdure_queue_dead GROUP BY queue"):
-                queues.setdefault(name, {"ready": 0, "delayed": 0, "in_flight": 0, "dead": 0, "oldest_age": None})
-                queues[name]["dead"] = int(dead)
-        except Exception as exc:
-            log.debug("perdure metrics: queue tables unavailable: %s", exc)
+            queues = {name: depth_view(d, now) for name, d in (await store.queue_depths(now)).items()}
+        except Exception as exc:  # metrics must never break the scrape
+            log.debug("perdure metrics: queue depths unavailable: %s", exc)
         return {"instances": instances, "queued": queued, "overdue": overdue, "queues": queues}
 
     async def _oldest_queued_age(self, workflow: str, now: float) -> float:
-        database = await Database.for_engine(self.engine)
-        rows = await database.fetch(
-            "SELECT created_at FROM instances WHERE workflow = ? AND status = ? ORDER BY pk LIMIT 1",
-            (workflow, QUEUED),
-        )
-        return max(0.0, now - float(rows[0][0])) if rows else 0.0
+        store = await self.engine.ensure_store()
+        oldest = await store.oldest_queued_at(workflow)
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     # the history tail
     async def _tail(self) -> None:
-        database = await Database.for_engine(self.engine)
         store = await self.engine.ensure_store()
         if self._watermark is None:
-            rows = await database.fetch("SELECT MAX(seq) FROM history")
-            top = int(rows[0][0] or 0)
+            top = await store.last_history_seq()
             self._watermark = top
             # Backfill the dashboard's throughput (not the counters) with the last hour.
-            await self._read(database, store, max(0, top - 20_000), count=False)
+            await self._read(store, max(0, top - 20_000), count=False)
             return
-        await self._read(database, store, max(0, self._watermark - LOOKBACK), count=True)
+        await self._read(store, max(0, self._watermark - LOOKBACK), count=True)
 
-    async def _read(self, database: Database, store: Any, after: int, *, count: bool) -> None:
-        marks = ",".join("?" * len(_TAIL_TYPES))
+    async def _read(self, store: Store, after: int, *, count: bool) -> None:
         horizon = time.time() - 3600
         while True:
-            rows = await database.fetch(
-                "SELECT h.seq, h.type, h.ts, i.pk, i.workflow, i.created_at FROM history h"
-                f" JOIN instances i ON i.pk = h.instance_pk WHERE h.seq > ? AND h.type IN ({marks})"
-                " ORDER BY h.seq LIMIT 2000",
-                (after, *_TAIL_TYPES),
-            )
-            for seq, type_, ts, pk, workflow, created_at in rows:
-                key = (int(seq), float(ts))
+            rows = await store.history_since(after, _TAIL_TYPES, limit=2000)
+            for row in rows:
+                key = (row.seq, row.ts)
                 if key in self._seen:
                     continue
                 self._seen[key] = None
-                if ts >= horizon:
-                    kind = "created" if type_ == "WORKFLOW_QUEUED" else _FINISHED.get(type_)
+                if row.ts >= horizon:
+                    kind = "created" if row.type == "WORKFLOW_QUEUED" else _FINISHED.get(row.type)
                     if kind is not None:
-                        self.throughput.add(workflow, kind, ts)
+                        self.throughput.add(row.workflow, kind, row.ts)
                 if count:
-                    await self._observe(store, type_, float(ts), pk, workflow, float(created_at))
-                self._watermark = max(self._watermark or 0, int(seq))
+                    await self._observe(store, row.type, row.ts, row.pk, row.workflow, row.created_at)
+                self._watermark = max(self._watermark or 0, row.seq)
             if len(rows) < 2000:
                 break
-            after = int(rows[-1][0])
+            after = rows[-1].seq
         floor = (self._watermark or 0) - LOOKBACK
         for key in [k for k in self._seen if k[0] < floor]:
             del self._seen[key]
 
-    async def _observe(self, store: Any, type_: str, ts: float, pk: int, workflow: str, created_at: float) -> None:
+    async def _observe(self, store: Store, type_: str, ts: float, pk: int, workflow: str, created_at: float) -> None:
         if type_ == "WORKFLOW_QUEUED":
             self.created.labels(workflow).inc()
         elif type_ == "WORKFLOW_START":

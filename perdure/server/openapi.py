@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..store.base import STATUSES
+from ..records import STATUSES
 from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
 from .operations import ACTIONS, MAX_LIST_LIMIT
 

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 from .. import validators
 from ..binding import Instance, WorkflowBinding
 from ..errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
+from ..records import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 from ..serde import public_error
-from ..store.base import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -265,32 +265,6 @@ def check_limit(limit: object) -> int:
     return value
 
 
-def parse_from_step(value: object) -> dict[str, Any] | None:
-    """Validate ``from_step`` (``{"name", "count"?, "type"?}``) of a restart request."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise ValidationError("from_step must be an object {name, count?, type?}")
-    unknown = set(value) - {"name", "count", "type"}
-    if unknown:
-        raise ValidationError(f"unknown key(s) {sorted(unknown)} in from_step; allowed: name, count, type")
-    result: dict[str, Any] = {"name": validators.step_name(value.get("name"))}
-    if "count" in value:
-        count = value["count"]
-        if isinstance(count, float) and count.is_integer():  # JSON Schema: 3.0 is an integer
-            count = int(count)
-        if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-            raise ValidationError(f"from_step count must be an integer >= 1, got {count!r}")
-        result["count"] = count
-    if "type" in value:
-        kind = value["type"]
-        kinds = {"do": DO, "step": DO, "sleep": SLEEP, "waitForEvent": WAIT}
-        if not isinstance(kind, str) or kind not in kinds:
-            raise ValidationError(f"from_step type must be one of do, sleep, waitForEvent, got {kind!r}")
-        result["type"] = kinds[str(kind)]
-    return result
-
-
 # -- operations ---------------------------------------------------------------------------------
 class Operations:
     """The operator's verbs on one engine; every method returns JSON-ready data.
@@ -440,8 +414,8 @@ class Operations:
         """Pause, resume, terminate or restart; returns the instance's summary afterwards."""
         if action not in ACTIONS:
             raise ValidationError(f"status must be one of {', '.join(ACTIONS)}, got {str(action)[:60]!r}")
-        step = parse_from_step(from_step)
-        if step is not None and action != "restart":
+        key = validators.from_step(from_step)
+        if key is not None and action != "restart":
             raise ValidationError("from_step is only allowed with status 'restart'")
         instance = await self._instance(name, instance_id)
         if action == "pause":
@@ -451,15 +425,14 @@ class Operations:
         elif action == "terminate":
             await instance.terminate()
         else:
-            if step is not None:
-                key = (step.get("type", DO), step["name"], step.get("count", 1))
+            if key is not None:
                 store = await self.engine.ensure_store()
                 if not any(s.key == key for s in await store.load_steps(instance.pk)):
                     kind = STEP_TYPES.get(key[0], key[0])
                     raise StepNotFoundError(
                         f"instance {instance.id!r} has no {kind} step {key[1]!r} #{key[2]} to restart from"
                     )
-            await instance.restart(step)
+            await instance.restart(None if key is None else {"type": key[0], "name": key[1], "count": key[2]})
         return await self._summary(instance)
 
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> dict[str, Any]:
@@ -475,7 +448,7 @@ async def _create(binding: WorkflowBinding, items: list[Any], *, skip_existing: 
     for item in items:
         if not isinstance(item, Mapping):
             raise ValidationError(f"an instance to create must be an object {{id?, params?}}, got {_json_type(item)}")
-    return await binding._create_many(items, skip_existing=skip_existing, trigger=trigger)
+    return await binding.create_many(items, skip_existing=skip_existing, trigger=trigger)
 
 
 def _bad_value(exc: Exception) -> bool:

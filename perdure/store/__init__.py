@@ -1,0 +1,39 @@
+"""The only door to the database: every SQL statement Perdure runs is in this package.
+
+:func:`open_store` picks a backend from a URL; :class:`~perdure.store.base.Store` is what the
+rest of Perdure may ask of it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import urlparse
+
+from ..errors import ValidationError
+from .base import Store
+
+__all__ = ["Store", "open_store"]
+
+
+def open_store(url: str, **options: Any) -> Store:
+    """A store for ``sqlite:///relative.db``, ``sqlite:////abs/path.db`` or ``postgresql://…``."""
+    if not isinstance(url, str):
+        raise ValidationError(f"database url must be a string, got {type(url).__name__}")
+    if url.startswith("sqlite://"):
+        from .sqlite import SQLiteStore
+
+        path = url[len("sqlite://") :]
+        if path.startswith("/"):
+            path = path[1:]
+        if not path:
+            raise ValidationError(f"database url {url!r} names no file: use sqlite:///path/to/file.db")
+        return SQLiteStore(path, **options)
+    scheme = urlparse(url).scheme
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from .postgres import PostgresStore
+        except ImportError as exc:  # pragma: no cover - depends on the installed backend
+            raise ValidationError(f"the PostgreSQL backend is not available: {exc}") from None
+        store: Store = PostgresStore(url, **options)
+        return store
+    raise ValidationError(f"unsupported database url {url!r}: use sqlite:///file.db or postgresql://user@host/db")

@@ -1,116 +1,46 @@
-"""The storage interface: everything the engine asks of a database.
+"""The storage interface: everything the engine, the triggers and the server ask of a database.
 
-A backend keeps four kinds of rows: instances, steps (one per ``(kind, name, count)``, with its
-attempts), events sent to instances, and an instance-level history; and, beside them, the
-workflows engines registered (so that tools in other processes know which exist). Every write a worker makes
-on behalf of a running instance carries the instance's ``epoch`` (a fencing token bumped on each
-claim, terminate and restart): a backend must refuse such a write with :class:`Fenced` when the
-epoch moved on, so a worker that lost an instance can never record a result for it.
+Only :mod:`perdure.store` speaks SQL or imports a database driver; everything else goes
+through this class, with the words and records of :mod:`perdure.records`. A backend keeps:
 
-The SQLite backend (:mod:`perdure.store.sqlite`) is the embedded default; a PostgreSQL backend
-implements the same class.
+* **instances**, with their status, lease (``owner``, ``lease_until``) and ``epoch``: a fencing
+  token bumped on each claim, terminate and restart. Every write a worker makes on behalf of a
+  running instance names its epoch, and a backend refuses it with
+  :class:`~perdure.errors.Fenced` once the epoch moved on, so a worker that lost an instance can
+  never record a result for it;
+* **steps**, one row per ``(kind, name, count)`` with its attempts: this is where a step is
+  **memoised** (:meth:`Store.save_step`, read back by :meth:`Store.load_steps` on replay);
+* **events** sent to instances, consumed in order per type (:meth:`Store.take_event`);
+* the instance-level **history** (``WORKFLOW_QUEUED`` ... ``WORKFLOW_TERMINATED``), which
+  metrics tail (:meth:`Store.history_since`);
+* the **workflows** engines registered, so that tools in other processes know which exist;
+* the **durable queues'** messages and dead letters (:meth:`Store.queue_send` ...).
+
+Where things happen: an instance is **claimed** in :meth:`Store.claim` (runnable ones: due
+timers, then queued, then expired leases); a **timer** is a waiting instance's ``wake_at``,
+which :meth:`Store.suspend` sets and :meth:`Store.next_wake_at` reports, so the engine's
+dispatcher knows when to claim again. The SQLite backend (:mod:`perdure.store.sqlite`) is the
+embedded default; :mod:`perdure.store.postgres` serves many workers. What their SQL shares is
+written once in :mod:`perdure.store.sql`.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from typing import Any
 
-# Status strings, exactly as SPEC §2 lists them.
-QUEUED = "queued"
-RUNNING = "running"
-PAUSED = "paused"
-ERRORED = "errored"
-TERMINATED = "terminated"
-COMPLETE = "complete"
-WAITING = "waiting"
-WAITING_FOR_PAUSE = "waitingForPause"
-UNKNOWN = "unknown"
-STATUSES = (QUEUED, RUNNING, PAUSED, ERRORED, TERMINATED, COMPLETE, WAITING, WAITING_FOR_PAUSE, UNKNOWN)
-TERMINAL = frozenset({COMPLETE, ERRORED, TERMINATED})
-
-# Step kinds; the key of a step is (kind, name, count).
-DO = "do"
-SLEEP = "sleep"
-WAIT = "waitForEvent"
-STEP_KINDS = (DO, SLEEP, WAIT)
-
-
-class Fenced(Exception):
-    """A write was refused: the instance's epoch moved on (it was reclaimed, terminated or restarted)."""
-
-
-@dataclass(slots=True)
-class InstanceRecord:
-    pk: int
-    workflow: str
-    id: str
-    status: str
-    params: Any
-    trigger: str
-    created_at: float
-    epoch: int = 0
-    started_at: float | None = None
-    ended_at: float | None = None
-    output: Any = None
-    error: dict[str, str] | None = None
-    wake_at: float | None = None
-    schedule: dict[str, Any] | None = None
-    owner: str | None = None
-
-
-@dataclass(slots=True)
-class StepRecord:
-    """One step as stored. ``status`` is running, retrying, waiting, complete or failed."""
-
-    kind: str
-    name: str
-    count: int
-    status: str
-    started_at: float
-    config: dict[str, Any] | None = None
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    result: Any = None
-    error: dict[str, Any] | None = None
-    ended_at: float | None = None
-    wake_at: float | None = None
-    seq: int = 0
-    result_json: str | None = None  # the encoded result, when the engine already has it
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.kind, self.name, self.count)
-
-
-@dataclass(slots=True)
-class NewInstance:
-    id: str
-    params_json: str
-    trigger: str = "binding"
-    schedule: dict[str, Any] | None = None
-
-
-@dataclass(slots=True)
-class WorkflowRecord:
-    """A workflow as the last engine that started with it registered it: what operators' tools
-    in other processes (``perdure --db``, a server without the application) show and may trigger.
-
-    ``registered_at`` is the first registration on this database, ``updated_at`` the latest."""
-
-    name: str
-    class_name: str
-    schedules: list[str]
-    step_limit: int
-    registered_at: float = 0.0
-    updated_at: float = 0.0
-
-
-@dataclass(slots=True)
-class Page:
-    items: list[InstanceRecord]
-    next_cursor: str | None
+from ..records import (
+    DeadLetter,
+    HistoryRow,
+    InstanceRecord,
+    NewInstance,
+    Page,
+    QueueDepth,
+    QueueMessage,
+    StepRecord,
+    WorkflowRecord,
+)
 
 
 class Store(abc.ABC):
@@ -277,3 +207,55 @@ class Store(abc.ABC):
         """Call ``callback`` (from any thread) when another process writes something a worker
         should react to. Backends with push notifications implement it; others are polled
         through :meth:`changed`."""
+
+    # -- reads for metrics -------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def history_since(self, after: int, types: Sequence[str], limit: int = 2000) -> list[HistoryRow]:
+        """History rows of ``types`` with ``seq > after``, oldest first, at most ``limit``."""
+
+    @abc.abstractmethod
+    async def last_history_seq(self) -> int:
+        """The newest history row's ``seq`` (0 when there is none)."""
+
+    @abc.abstractmethod
+    async def oldest_queued_at(self, workflow: str) -> float | None:
+        """When the oldest queued instance of ``workflow`` was created (None: none queued)."""
+
+    # -- durable queues ------------------------------------------------------------------------------
+    # A message is ready once ``visible_at`` passed; a delivery leases it (``lease``) and hides
+    # it for the visibility timeout; only the holder of the lease may ack, retry or
+    # dead-letter it, so a consumer whose lease ran out cannot touch a redelivered message.
+    @abc.abstractmethod
+    async def queue_send(self, queue: str, bodies_json: Sequence[str], now: float, delay: float) -> list[int]:
+        """Store messages (bodies already JSON), visible after ``delay`` seconds; their ids."""
+
+    @abc.abstractmethod
+    async def queue_receive(
+        self, queue: str, limit: int, now: float, *, visibility_timeout: float, max_attempts: int, lease: str
+    ) -> list[QueueMessage]:
+        """Lease up to ``limit`` ready messages, oldest first (``attempts`` + 1 each). A message
+        whose lease ran out on its ``max_attempts``-th delivery is dead-lettered instead."""
+
+    @abc.abstractmethod
+    async def queue_ack(self, leased: Sequence[tuple[int, str]]) -> int:
+        """Delete ``(id, lease)`` messages; how many still held that lease."""
+
+    @abc.abstractmethod
+    async def queue_retry(self, message_id: int, lease: str, visible_at: float, error: str | None) -> bool:
+        """Make a leased message ready again at ``visible_at``; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def queue_dead_letter(self, message_id: int, lease: str, error: str, now: float) -> bool:
+        """Move a leased message to the dead letters; False if the lease was lost."""
+
+    @abc.abstractmethod
+    async def queue_redrive(self, queue: str, now: float) -> int:
+        """Every dead letter of ``queue`` back to ready, attempts reset; how many."""
+
+    @abc.abstractmethod
+    async def queue_depths(self, now: float, queue: str | None = None) -> dict[str, QueueDepth]:
+        """Per queue that holds messages or dead letters (only ``queue``, when given)."""
+
+    @abc.abstractmethod
+    async def queue_dead_letters(self, queue: str, limit: int) -> list[DeadLetter]:
+        """The newest dead letters of ``queue`` first."""

@@ -41,8 +41,8 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import PerdureError
-from .base import Fenced
+from ..errors import Fenced, PerdureError
+from .batching import Unexpected, last_per_key, settle
 
 log = logging.getLogger("perdure.postgres")
 
@@ -92,10 +92,6 @@ class Write:
         self.future = future
 
 
-class _Unexpected(Exception):
-    """An unguarded write failed in SQL: the transaction is aborted; redo it with savepoints."""
-
-
 class _Transient(Exception):
     """The connection failed or PostgreSQL aborted the transaction (a deadlock): try again.
     ``ambiguous``: it failed while committing, so the commit may have happened."""
@@ -131,15 +127,6 @@ def _closed_by_server(conn: Conn) -> bool:
     return conn.broken
 
 
-def _settle(future: asyncio.Future[Any] | None, value: Any, error: BaseException | None) -> None:
-    if future is None or future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)
-
-
 class Transactions:
     """Runs lists of writes in one transaction each, with the retries described above."""
 
@@ -155,7 +142,7 @@ class Transactions:
         while True:
             try:
                 return await self._attempt(writes, savepoints=savepoints)
-            except _Unexpected:
+            except Unexpected:
                 savepoints = True  # rolled back: redo it with each write on its own
             except _Transient as exc:
                 retry = not exc.ambiguous or all(w.idempotent for w in writes)
@@ -213,7 +200,7 @@ class Transactions:
         """One statement in its own implicit transaction: one round trip, commit included."""
         try:
             return await _run_unguarded(conn, writes)
-        except _Unexpected:
+        except Unexpected:
             raise  # nothing was committed: commit() redoes it with savepoints
         except Exception as exc:
             if is_transient(exc):
@@ -241,7 +228,7 @@ class Transactions:
             if not conn.broken and conn.info.transaction_status != TransactionStatus.IDLE:
                 with contextlib.suppress(Exception):
                     await conn.execute("ROLLBACK")
-            if isinstance(exc, (_Unexpected, _Transient)):
+            if isinstance(exc, (Unexpected, _Transient)):
                 raise
             if is_transient(exc):
                 raise _Transient(exc, ambiguous=committing and conn.broken) from exc
@@ -285,7 +272,7 @@ async def _run_unguarded(conn: Conn, writes: list[Write]) -> list[Outcome]:
         except Exception as exc:
             if is_transient(exc):
                 raise
-            raise _Unexpected from exc
+            raise Unexpected from exc
         for i, outcome in zip(indexes, results, strict=True):
             outcomes[i] = outcome
     for i in alone:
@@ -296,7 +283,7 @@ async def _run_unguarded(conn: Conn, writes: list[Write]) -> list[Outcome]:
         except Exception as exc:
             if is_transient(exc):
                 raise
-            raise _Unexpected from exc
+            raise Unexpected from exc
     return [outcome if outcome is not None else (None, RuntimeError("write not run")) for outcome in outcomes]
 
 
@@ -366,7 +353,7 @@ class GroupCommit:
             self._lazy.cancel()
             self._lazy = None
         for write in self._pending:
-            _settle(write.future, None, RuntimeError("the PostgreSQL store was closed before this write committed"))
+            settle(write.future, None, RuntimeError("the PostgreSQL store was closed before this write committed"))
         self._pending.clear()
 
     def _arm_lazy(self) -> None:
@@ -391,10 +378,9 @@ class GroupCommit:
     async def _commit(self, batch: list[Write]) -> None:
         for write in batch:
             if write.fn is _marker:  # everything queued before it has been committed
-                _settle(write.future, None, None)
+                settle(write.future, None, None)
         batch = [w for w in batch if w.fn is not _marker]
-        last = {w.key: i for i, w in enumerate(batch) if w.key is not None}
-        writes = [w for i, w in enumerate(batch) if w.key is None or w.future is not None or last[w.key] == i]
+        writes = last_per_key(batch, key=lambda w: w.key, waited=lambda w: w.future is not None)
         if not writes:
             return
         try:
@@ -405,7 +391,7 @@ class GroupCommit:
         self.batches += 1
         self.writes += len(writes)
         for write, (value, error) in zip(writes, outcomes, strict=True):
-            _settle(write.future, value, error)
+            settle(write.future, value, error)
 
 
 async def _marker(conn: Conn) -> None:

@@ -1,43 +1,15 @@
-"""The SQL that carries the PostgreSQL store's load, and row conversion.
+"""The SQL that carries the PostgreSQL store's load.
 
 The hot statements are single round trips: each folds what the SQLite backend does in several
 statements inside one transaction into one statement (CTEs, ``FOR UPDATE SKIP LOCKED``, and
 ``RETURNING``), so that a lone write needs no ``BEGIN``/``COMMIT`` either. ``{s}`` stands for
-the quoted schema name (see ``PostgresStore._q``). Rows use the SQLite backend's encoding:
-JSON as compact text, timestamps as float seconds.
+the quoted schema name (see ``PostgresStore._q``). Rows use the SQLite backend's encoding
+(:mod:`perdure.store.rows`): JSON as compact text, timestamps as float seconds.
 """
 
 from __future__ import annotations
 
-from .rows import (
-    INSTANCE_COLUMNS,
-    STEP_COLUMNS,
-    WORKFLOW_COLUMNS,
-    WORKFLOW_UPSERT,
-    dumps,
-    instance_from_row,
-    loads,
-    prefix_bounds,
-    step_from_row,
-    step_row,
-    workflow_from_row,
-    workflow_rows,
-)
-
-__all__ = [
-    "INSTANCE_COLUMNS",
-    "STEP_COLUMNS",
-    "WORKFLOW_COLUMNS",
-    "dumps",
-    "instance_from_row",
-    "loads",
-    "prefix_bounds",
-    "step_from_row",
-    "step_row",
-    "workflow_from_row",
-    "workflow_rows",
-]
-
+from .rows import INSTANCE_COLUMNS, WORKFLOW_COLUMNS, WORKFLOW_UPSERT
 
 # -- the statements that carry the load -----------------------------------------------------------
 # ``{s}`` stands for the quoted schema name (see PostgresStore._q).

@@ -59,36 +59,16 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import time
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
-import psycopg
 from psycopg import AsyncConnection, sql
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from ..errors import InstanceAlreadyExistsError, InstanceNotFoundError, InvalidStateError, ValidationError
-from .base import (
-    COMPLETE,
-    PAUSED,
-    QUEUED,
-    RUNNING,
-    TERMINAL,
-    TERMINATED,
-    WAITING,
-    WAITING_FOR_PAUSE,
-    Fenced,
-    InstanceRecord,
-    NewInstance,
-    Page,
-    StepRecord,
-    Store,
-    WorkflowRecord,
-)
+from ..errors import Fenced, InstanceAlreadyExistsError, ValidationError
+from ..records import COMPLETE, QUEUED, InstanceRecord, NewInstance, StepRecord, WorkflowRecord
 from .migrations.postgres import migrate
 from .pg_commit import Conn, GroupCommit, Outcome, Transactions, Write, WriteFn
 from .pg_listen import Listener
@@ -98,65 +78,46 @@ from .pg_sql import (
     COUNTS,
     CREATE,
     GIVE_UP,
-    INSTANCE_COLUMNS,
     REGISTER_WORKFLOWS,
     SAVE_STEP,
     SAVE_STEPS,
-    STEP_COLUMNS,
     UPSERT_STEP,
-    WORKFLOW_COLUMNS,
-    dumps,
-    instance_from_row,
-    loads,
-    prefix_bounds,
-    step_from_row,
-    step_row,
-    workflow_from_row,
-    workflow_rows,
 )
+from .pg_url import parse_url
+from .rows import dumps, instance_from_row, loads, step_row, workflow_rows
+from .sql import SQLStore, Tx, postgres_dialect
 
 log = logging.getLogger("perdure.postgres")
+T = TypeVar("T")
+
+__all__ = ["PostgresStore", "parse_url"]
 
 
-_SCHEMA_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+class _Tx(Tx):
+    """The shared operations' view of one of our connections, inside its transaction."""
 
+    __slots__ = ("conn", "store")
 
-def parse_url(url: str, schema: str | None = None) -> tuple[str, str]:
-    """Split a ``postgresql://`` URL into a libpq conninfo and the schema name.
+    def __init__(self, conn: Conn, store: PostgresStore) -> None:
+        self.conn = conn
+        self.store = store
 
-    The ``schema`` query parameter is Perdure's (libpq would reject it); an explicit ``schema``
-    argument must agree with it. Returns ``(conninfo, schema)``.
-    """
-    parts = urlparse(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    in_url = [value for key, value in query if key == "schema"]
-    if len(in_url) > 1:
-        raise ValidationError(f"database url {url!r} names the schema more than once")
-    if in_url and schema is not None and in_url[0] != schema:
-        raise ValidationError(f"schema={schema!r} contradicts the url's schema={in_url[0]!r}")
-    chosen = schema if schema is not None else (in_url[0] if in_url else "perdure")
-    if not _SCHEMA_RE.fullmatch(chosen):
-        raise ValidationError(
-            f"schema name {chosen!r} must be 1-63 letters, digits and '_' and must not start with a digit"
-        )
-    rest = urlunparse(parts._replace(query=urlencode([(k, v) for k, v in query if k != "schema"])))
-    try:
-        params = conninfo_to_dict(rest)
-    except psycopg.ProgrammingError as exc:
-        raise ValidationError(f"invalid database url {url!r}: {exc}") from None
-    params.setdefault("application_name", "perdure")
-    # Notice a server that vanished without closing the connection (a partition, a crashed
-    # host) in about 20 s rather than the operating system's two hours.
-    keepalives = {"keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "5", "keepalives_count": "3"}
-    for key, value in keepalives.items():
-        params.setdefault(key, value)
-    return make_conninfo("", **params), chosen
+    async def all(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        cur = await self.conn.execute(self.store.dialect.q(sql), params)
+        return await cur.fetchall() if cur.description else []
+
+    async def run(self, sql: str, params: Any = ()) -> int:
+        cur = await self.conn.execute(self.store.dialect.q(sql), params)
+        return cur.rowcount
+
+    async def notify(self) -> None:
+        await self.store._notify(self.conn)
 
 
 # -- the store ----------------------------------------------------------------------------------
 
 
-class PostgresStore(Store):
+class PostgresStore(SQLStore):
     """PostgreSQL via psycopg 3 (async) and a connection pool.
 
     Options (also accepted as ``Engine("postgresql://…", option=value)``):
@@ -217,8 +178,8 @@ class PostgresStore(Store):
         self._compact_warned = False
         self.channel = f"perdure_{self.schema}"[:63]  # identifiers are at most 63 bytes
         self.token = uuid.uuid4().hex  # the payload of our NOTIFYs, so our listener skips them
-        self._s = sql.Identifier(self.schema).as_string()
-        self._queries: dict[str, str] = {}
+        self.dialect = postgres_dialect(sql.Identifier(self.schema).as_string())
+        self._q = self.dialect.q  # ``{s}`` -> the quoted schema name, cached
         self.retry_delays = tuple(retry_delays)
         self.lazy_delay = lazy_delay
         self.max_batch = max_batch
@@ -243,13 +204,6 @@ class PostgresStore(Store):
         self._last_poll = time.monotonic()
         self._compacting: asyncio.Task[None] | None = None
         self._last_compact = time.monotonic()
-
-    def _q(self, text: str) -> str:
-        """``text`` with ``{s}`` replaced by the quoted schema name (cached)."""
-        query = self._queries.get(text)
-        if query is None:
-            query = self._queries[text] = text.replace("{s}", self._s)
-        return query
 
     @property
     def batches(self) -> int:
@@ -364,19 +318,22 @@ class PostgresStore(Store):
             raise error
         return value
 
-    async def _read(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        return await self._transactions.read(self._q(query), params)
+    async def _read(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        return await self._transactions.read(self._q(sql), params)
+
+    async def _control(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        result: T = await self._transact(lambda conn: op(_Tx(conn, self)))
+        return result
+
+    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+        """Queue writes join the worker's group commit, like step results (on the writer's
+        connection): a consumer acking a batch shares a commit with the steps it started."""
+        result: T = await self._write(lambda conn: op(_Tx(conn, self)))
+        return result
 
     async def _notify(self, conn: Conn) -> None:
         """Tell the other workers to look (PostgreSQL delivers it when the transaction commits)."""
         await conn.execute("SELECT pg_notify(%s, %s)", (self.channel, self.token))
-
-    async def _lock(self, conn: Conn, pk: int, columns: str) -> tuple[Any, ...]:
-        cur = await conn.execute(self._q(f"SELECT {columns} FROM {{s}}.instances WHERE pk = %s FOR UPDATE"), (pk,))
-        row = await cur.fetchone()
-        if row is None:
-            raise InstanceNotFoundError(f"no instance with pk {pk}")
-        return row
 
     async def _fence(self, conn: Conn, pk: int, epoch: int) -> str:
         """Lock the instance row if it is still at ``epoch`` (sqlite's ``_fence``)."""
@@ -387,12 +344,6 @@ class PostgresStore(Store):
         if row is None:
             raise Fenced(f"instance {pk} moved past epoch {epoch}")
         return str(row[0])
-
-    async def _history(self, conn: Conn, pk: int, type_: str, ts: float, data: Any = None) -> None:
-        await conn.execute(
-            self._q("INSERT INTO {s}.history (instance_pk, type, ts, data) VALUES (%s, %s, %s, %s)"),
-            (pk, type_, ts, dumps(data)),
-        )
 
     # -- instances -------------------------------------------------------------------------------
     async def create_instances(
@@ -441,42 +392,6 @@ class PostgresStore(Store):
         # skip_existing nothing is refused, and a lone duplicate inserted nothing.
         result: list[InstanceRecord] = await self._transact(op, single=skip_existing or len(items) <= 1)
         return result
-
-    async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None:
-        rows = await self._read(
-            f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE workflow = %s AND id = %s", (workflow, instance_id)
-        )
-        return instance_from_row(rows[0]) if rows else None
-
-    async def get_by_pk(self, pk: int) -> InstanceRecord | None:
-        rows = await self._read(f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE pk = %s", (pk,))
-        return instance_from_row(rows[0]) if rows else None
-
-    async def list_instances(
-        self,
-        workflow: str,
-        *,
-        status: str | None = None,
-        cursor: str | None = None,
-        limit: int = 50,
-        id_prefix: str | None = None,
-    ) -> Page:
-        """Mirrors sqlite's; ids compare ``COLLATE "C"`` (bytes, as SQLite compares them), the
-        order of the index ``ix_instances_id_prefix`` (migration 3)."""
-        where, params = "workflow = %s AND pk < %s", [workflow, int(cursor) if cursor else 2**62]
-        if status:
-            where += " AND status = %s"
-            params.append(status)
-        if id_prefix:
-            where += ' AND id COLLATE "C" >= %s AND id COLLATE "C" < %s'
-            params.extend(prefix_bounds(id_prefix))
-        rows = await self._read(
-            f"SELECT {INSTANCE_COLUMNS} FROM {{s}}.instances WHERE {where} ORDER BY pk DESC LIMIT %s",
-            (*params, limit + 1),
-        )
-        items = [instance_from_row(r) for r in rows[:limit]]
-        next_cursor = str(items[-1].pk) if len(rows) > limit and items else None
-        return Page(items, next_cursor)
 
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
         """The counts the triggers keep (:data:`COUNTS`): a few rows per workflow, however many
@@ -551,10 +466,6 @@ class PostgresStore(Store):
         if error is not None:
             raise error
 
-    async def known_workflows(self) -> list[WorkflowRecord]:
-        rows = await self._read(f"SELECT {WORKFLOW_COLUMNS} FROM {{s}}.workflows ORDER BY name")
-        return [workflow_from_row(r) for r in rows]
-
     # -- running instances -----------------------------------------------------------------------
     async def claim(
         self,
@@ -605,13 +516,6 @@ class PostgresStore(Store):
                 await self._notify(conn)
 
         await self._write(op, idempotent=True)
-
-    async def owners(self) -> list[str]:
-        return [r[0] for r in await self._read("SELECT DISTINCT owner FROM {s}.instances WHERE owner IS NOT NULL")]
-
-    async def load_steps(self, pk: int) -> list[StepRecord]:
-        rows = await self._read(f"SELECT {STEP_COLUMNS} FROM {{s}}.steps WHERE instance_pk = %s ORDER BY seq", (pk,))
-        return [step_from_row(r) for r in rows]
 
     async def save_step(self, pk: int, epoch: int, step: StepRecord, *, durable: bool = True) -> str:
         """Fence and upsert; the step saves of one group commit share one statement
@@ -760,160 +664,7 @@ class PostgresStore(Store):
 
         await self._write(op, single=True)
 
-    async def owned(self, owner: str) -> dict[int, tuple[int, str]]:
-        rows = await self._read("SELECT pk, epoch, status FROM {s}.instances WHERE owner = %s", (owner,))
-        return {int(pk): (int(epoch), str(status)) for pk, epoch, status in rows}
-
-    # -- control ---------------------------------------------------------------------------------
-    async def pause(self, pk: int, now: float) -> str:
-        async def op(conn: Conn) -> str:
-            (status,) = await self._lock(conn, pk, "status")
-            if status == RUNNING:
-                status = WAITING_FOR_PAUSE
-                await conn.execute(self._q("UPDATE {s}.instances SET status = %s WHERE pk = %s"), (status, pk))
-                await self._notify(conn)
-            elif status in (QUEUED, WAITING):
-                status = PAUSED
-                await conn.execute(
-                    self._q("UPDATE {s}.instances SET status = %s, paused_at = %s WHERE pk = %s"), (status, now, pk)
-                )
-                await self._notify(conn)
-            return str(status)
-
-        result: str = await self._transact(op)
-        return result
-
-    async def resume(self, pk: int, now: float) -> str:
-        async def op(conn: Conn) -> str:
-            status, wake_at, paused_at, wake_requested = await self._lock(
-                conn, pk, "status, wake_at, paused_at, wake_requested"
-            )
-            if status == WAITING_FOR_PAUSE:
-                status = RUNNING
-                await conn.execute(self._q("UPDATE {s}.instances SET status = %s WHERE pk = %s"), (status, pk))
-                await self._notify(conn)
-            elif status == PAUSED:
-                paused_for = max(0.0, now - (paused_at or now))
-                # Timers do not run while paused: every pending deadline moves by the paused time.
-                await conn.execute(
-                    self._q(
-                        "UPDATE {s}.steps SET wake_at = wake_at + %s WHERE instance_pk = %s AND wake_at IS NOT NULL"
-                        " AND status IN ('waiting', 'retrying')"
-                    ),
-                    (paused_for, pk),
-                )
-                if wake_at is None:
-                    status, due = QUEUED, None
-                else:
-                    status, due = WAITING, (now if wake_requested else wake_at + paused_for)
-                await conn.execute(
-                    self._q(
-                        "UPDATE {s}.instances SET status = %s, wake_at = %s::float8, paused_at = NULL WHERE pk = %s"
-                    ),
-                    (status, due, pk),
-                )
-                await self._notify(conn)
-            return str(status)
-
-        result: str = await self._transact(op)
-        return result
-
-    async def terminate(self, pk: int, now: float) -> str:
-        async def op(conn: Conn) -> str:
-            (status,) = await self._lock(conn, pk, "status")
-            if status in TERMINAL:
-                raise InvalidStateError(f"cannot terminate an instance that is already {status}")
-            await conn.execute(
-                self._q(
-                    "UPDATE {s}.instances SET status = %s, ended_at = %s, epoch = epoch + 1, owner = NULL,"
-                    " lease_until = NULL, wake_at = NULL, wait_types = NULL WHERE pk = %s"
-                ),
-                (TERMINATED, now, pk),
-            )
-            await self._history(conn, pk, "WORKFLOW_TERMINATED", now)
-            await self._notify(conn)
-            return TERMINATED
-
-        result: str = await self._transact(op)
-        return result
-
-    async def restart(self, pk: int, now: float, from_step: tuple[str, str, int] | None) -> str:
-        async def op(conn: Conn) -> str:
-            (started,) = await self._lock(conn, pk, "started_at")  # before touching its steps
-            if from_step is None:
-                await conn.execute(self._q("DELETE FROM {s}.steps WHERE instance_pk = %s"), (pk,))
-                await conn.execute(self._q("UPDATE {s}.events SET consumed_by = NULL WHERE instance_pk = %s"), (pk,))
-                await conn.execute(self._q("DELETE FROM {s}.history WHERE instance_pk = %s"), (pk,))
-                started = None
-            else:
-                kind, name, count = from_step
-                cur = await conn.execute(
-                    self._q(
-                        "SELECT seq FROM {s}.steps WHERE instance_pk = %s AND kind = %s AND name = %s AND count = %s"
-                    ),
-                    (pk, kind, name, count),
-                )
-                row = await cur.fetchone()
-                if row is None:
-                    raise ValidationError(f"restart from_step: this instance has no {kind} step {name!r} #{count}")
-                await conn.execute(self._q("DELETE FROM {s}.steps WHERE instance_pk = %s AND seq >= %s"), (pk, row[0]))
-                await conn.execute(
-                    self._q("UPDATE {s}.events SET consumed_by = NULL WHERE instance_pk = %s AND consumed_by >= %s"),
-                    (pk, row[0]),
-                )
-            await conn.execute(
-                self._q(
-                    "UPDATE {s}.instances SET status = %s, epoch = epoch + 1, owner = NULL, lease_until = NULL,"
-                    " output = NULL, error = NULL, ended_at = NULL, wake_at = NULL, wait_types = NULL,"
-                    " paused_at = NULL, wake_requested = FALSE, started_at = %s::float8 WHERE pk = %s"
-                ),
-                (QUEUED, started, pk),
-            )
-            await self._history(
-                conn, pk, "WORKFLOW_QUEUED", now, {"trigger": "restart", "from_step": list(from_step or []) or None}
-            )
-            await self._notify(conn)
-            return QUEUED
-
-        result: str = await self._transact(op)
-        return result
-
-    async def send_event(self, pk: int, event_type: str, payload_json: str, now: float) -> None:
-        async def op(conn: Conn) -> None:
-            status, wait_types = await self._lock(conn, pk, "status, wait_types")
-            if status in TERMINAL:
-                raise InvalidStateError(f"cannot send an event to an instance that is {status}")
-            await conn.execute(
-                self._q("INSERT INTO {s}.events (instance_pk, type, payload, created_at) VALUES (%s, %s, %s, %s)"),
-                (pk, event_type, payload_json, now),
-            )
-            waiting_for_it = status == WAITING and event_type in (wait_types or "").split(",")
-            await conn.execute(
-                self._q(
-                    "UPDATE {s}.instances SET wake_requested = TRUE,"
-                    " wake_at = CASE WHEN %s THEN %s ELSE wake_at END WHERE pk = %s"
-                ),
-                (waiting_for_it, now, pk),
-            )
-            await self._notify(conn)
-
-        await self._transact(op)
-
-    # -- timers, history, change detection -------------------------------------------------------
-    async def next_wake_at(self, workflows: list[str] | None = None) -> float | None:
-        if workflows is None:
-            rows = await self._read("SELECT MIN(wake_at) FROM {s}.instances WHERE status = %s", (WAITING,))
-        else:
-            rows = await self._read(
-                "SELECT MIN(wake_at) FROM {s}.instances WHERE status = %s AND workflow = ANY(%s)",
-                (WAITING, list(workflows)),
-            )
-        return rows[0][0] if rows else None
-
-    async def history(self, pk: int) -> list[dict[str, Any]]:
-        rows = await self._read("SELECT type, ts, data FROM {s}.history WHERE instance_pk = %s ORDER BY seq", (pk,))
-        return [{"type": t, "timestamp": ts, "data": loads(d)} for t, ts, d in rows]
-
+    # -- change detection ------------------------------------------------------------------------
     def _signal(self) -> None:
         self._changed = True
         if self._callback is not None:

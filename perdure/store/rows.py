@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import InstanceRecord, StepRecord, WorkflowRecord
+from ..records import InstanceRecord, StepRecord, WorkflowRecord
 
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "

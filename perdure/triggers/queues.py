@@ -16,164 +16,32 @@ raises. :func:`workflow_trigger` is the handler that starts one workflow instanc
 with ``create_batch``; the instance id defaults to ``<queue>-<message id>``, so a message
 delivered twice still starts one instance.
 
-Storage: on SQLite the queue's writes join the engine's own writer (one connection, group
-commit); on PostgreSQL it opens its own psycopg connection to the same database.
+Storage: the queue's two tables belong to the engine's database and schema, and every read
+and write is a method of the engine's store (``queue_send``, ``queue_receive``...), so its
+writes join the store's own group commit on either backend.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 from .. import validators
+from ..binding import WorkflowBinding
+from ..engine import Engine
 from ..errors import ValidationError
-
-if TYPE_CHECKING:
-    from ..binding import WorkflowBinding
-    from ..engine import Engine
+from ..records import DeadLetter, QueueDepth
+from ..retries import retry_delay
+from ..store import Store
 
 log = logging.getLogger("perdure.queues")
 
-Statement = tuple[str, Sequence[Any]]
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_][a-zA-Z0-9_-]{0,63}$")
-
-
-# -- database access ----------------------------------------------------------------------------
-class Database:
-    """Run SQL against the engine's database, whatever the backend.
-
-    SQL is written with ``?`` placeholders; :meth:`transaction` runs statements atomically and
-    returns each one's rows (for ``RETURNING`` and ``SELECT``)."""
-
-    dialect: str
-
-    @staticmethod
-    async def for_engine(engine: Engine) -> Database:
-        store = await engine.ensure_store()
-        cached = getattr(engine, "_perdure_ops_database", None)
-        if isinstance(cached, Database):
-            return cached
-        from ..store.sqlite import SQLiteStore
-
-        database: Database
-        if isinstance(store, SQLiteStore):
-            database = _SQLiteDatabase(store)
-        elif hasattr(store, "conninfo") and hasattr(store, "schema"):  # the PostgreSQL store
-            database = _PostgresDatabase(str(store.conninfo), str(store.schema))
-        else:  # pragma: no cover - only two backends exist
-            raise ValidationError(f"queues do not support the database {store.url!r}")
-        engine._perdure_ops_database = database  # type: ignore[attr-defined]
-        return database
-
-    @staticmethod
-    async def release(engine: Engine) -> None:
-        """Close the connection :meth:`for_engine` opened for ``engine``, if it did
-        (stopping the engine does not)."""
-        cached = getattr(engine, "_perdure_ops_database", None)
-        if isinstance(cached, Database):
-            del engine._perdure_ops_database  # type: ignore[attr-defined]
-            await cached.close()
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        raise NotImplementedError
-
-    async def transaction(self, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        """Release connections this object opened (not the store's)."""
-
-
-class _SQLiteDatabase(Database):
-    dialect = "sqlite"
-
-    def __init__(self, store: Any) -> None:
-        self.store = store
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        rows: list[tuple[Any, ...]] = self.store._read(sql, tuple(params))
-        return rows
-
-    async def transaction(self, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
-        def op(conn: Any) -> list[list[tuple[Any, ...]]]:
-            return [conn.execute(sql, tuple(params)).fetchall() for sql, params in statements]
-
-        result: list[list[tuple[Any, ...]]] = await self.store._write(op, atomic=True)
-        return result
-
-
-class _PostgresDatabase(Database):
-    dialect = "postgresql"
-
-    def __init__(self, conninfo: str, schema: str) -> None:
-        self.conninfo = conninfo
-        self.schema = schema  # the store's tables live there; the queue's tables go there too
-        self._conn: Any = None
-        self._lock = asyncio.Lock()
-
-    async def _connection(self) -> Any:
-        import psycopg
-        from psycopg import sql
-
-        if self._conn is None or self._conn.closed:
-            conn = await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
-            await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
-            self._conn = conn
-        return self._conn
-
-    @staticmethod
-    def _sql(sql: str) -> str:
-        return sql.replace("?", "%s")
-
-    async def fetch(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
-        async with self._lock:
-            conn = await self._connection()
-            cur = await conn.execute(self._sql(sql), tuple(params))
-            rows: list[tuple[Any, ...]] = await cur.fetchall() if cur.description else []
-            return rows
-
-    async def transaction(self, statements: list[Statement]) -> list[list[tuple[Any, ...]]]:
-        async with self._lock:
-            conn = await self._connection()
-            results = []
-            async with conn.transaction():
-                for sql, params in statements:
-                    cur = await conn.execute(self._sql(sql), tuple(params))
-                    results.append(await cur.fetchall() if cur.description else [])
-            return results
-
-    async def close(self) -> None:
-        if self._conn is not None:
-            await self._conn.close()
-            self._conn = None
-
-
-def _schema(dialect: str) -> list[str]:
-    pk = "BIGSERIAL PRIMARY KEY" if dialect == "postgresql" else "INTEGER PRIMARY KEY"
-    real = "DOUBLE PRECISION" if dialect == "postgresql" else "REAL"
-    return [
-        f"CREATE TABLE IF NOT EXISTS perdure_queue_messages (id {pk}, queue TEXT NOT NULL, body TEXT NOT NULL,"
-        f" attempts INTEGER NOT NULL DEFAULT 0, created_at {real} NOT NULL, visible_at {real} NOT NULL,"
-        " lease TEXT, last_error TEXT)",
-        "CREATE INDEX IF NOT EXISTS ix_perdure_queue_ready ON perdure_queue_messages (queue, visible_at, id)",
-        f"CREATE TABLE IF NOT EXISTS perdure_queue_dead (id {pk}, queue TEXT NOT NULL, message_id BIGINT NOT NULL,"
-        f" body TEXT NOT NULL, attempts INTEGER NOT NULL, created_at {real} NOT NULL, failed_at {real} NOT NULL,"
-        " error TEXT)",
-        "CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON perdure_queue_dead (queue, id)",
-    ]
-
-
-async def ensure_queue_tables(database: Database) -> None:
-    if getattr(database, "_queue_tables", False):
-        return
-    await database.transaction([(sql, ()) for sql in _schema(database.dialect)])
-    database._queue_tables = True  # type: ignore[attr-defined]
 
 
 # -- messages -------------------------------------------------------------------------------------
@@ -252,19 +120,17 @@ class Queue:
         self.backoff = backoff
         self.max_retry_delay = float(max_retry_delay)
 
-    async def _db(self) -> Database:
-        database = await Database.for_engine(self.engine)
-        await ensure_queue_tables(database)
-        return database
+    async def _store(self) -> Store:
+        return await self.engine.ensure_store()
 
     def _now(self) -> float:
         return self.engine.clock.now()
 
     def backoff_delay(self, attempts: int) -> float:
-        """Seconds to wait before delivery ``attempts + 1``."""
-        n = max(1, attempts)
-        factor = {"constant": 1, "linear": n, "exponential": 2 ** (n - 1)}[self.backoff]
-        return float(min(self.max_retry_delay, self.retry_delay * factor))
+        """Seconds to wait before delivery ``attempts + 1``: a step's retry delay
+        (:func:`perdure.retries.retry_delay`) with this queue's delay and backoff, capped."""
+        config = {"retries": {"delay": self.retry_delay * 1000, "backoff": self.backoff}}
+        return float(min(self.max_retry_delay, retry_delay(config, max(1, attempts))))
 
     # producing
     async def send(self, body: Any, *, delay: float = 0.0) -> str:
@@ -280,19 +146,9 @@ class Queue:
         if not isinstance(delay, (int, float)) or delay < 0:
             raise ValidationError(f"delay must be a number of seconds >= 0, got {delay!r}")
         encoded = [validators.encode_json(b, "queue message") for b in bodies]
-        now = self._now()
-        database = await self._db()
-        rows = await database.transaction(
-            [
-                (
-                    "INSERT INTO perdure_queue_messages (queue, body, attempts, created_at, visible_at)"
-                    " VALUES (?, ?, 0, ?, ?) RETURNING id",
-                    (self.name, text, now, now + delay),
-                )
-                for text in encoded
-            ]
-        )
-        return [str(r[0][0]) for r in rows]
+        store = await self._store()
+        ids = await store.queue_send(self.name, encoded, self._now(), float(delay))
+        return [str(i) for i in ids]
 
     # consuming
     async def receive(self, max_messages: int = 10) -> list[Message]:
@@ -302,45 +158,23 @@ class Queue:
         being delivered again."""
         if isinstance(max_messages, bool) or not isinstance(max_messages, int) or not 1 <= max_messages <= 1000:
             raise ValidationError(f"max_messages must be an integer from 1 to 1000, got {max_messages!r}")
-        database = await self._db()
-        now = self._now()
-        lease = uuid.uuid4().hex
-        skip_locked = " FOR UPDATE SKIP LOCKED" if database.dialect == "postgresql" else ""
-        exhausted = "queue = ? AND visible_at <= ? AND lease IS NOT NULL AND attempts >= ?"
-        results = await database.transaction(
-            [
-                (
-                    "INSERT INTO perdure_queue_dead (queue, message_id, body, attempts, created_at, failed_at, error)"
-                    " SELECT queue, id, body, attempts, created_at, ?, COALESCE(last_error, ?)"
-                    f" FROM perdure_queue_messages WHERE {exhausted}",
-                    (now, "the consumer's lease ran out on the last attempt", self.name, now, self.max_attempts),
-                ),
-                (f"DELETE FROM perdure_queue_messages WHERE {exhausted}", (self.name, now, self.max_attempts)),
-                (
-                    "UPDATE perdure_queue_messages SET attempts = attempts + 1, lease = ?, visible_at = ?"
-                    " WHERE id IN (SELECT id FROM perdure_queue_messages WHERE queue = ? AND visible_at <= ?"
-                    f" ORDER BY visible_at, id LIMIT ?{skip_locked})"
-                    " RETURNING id, body, attempts, created_at",
-                    (lease, now + self.visibility_timeout, self.name, now, max_messages),
-                ),
-            ]
+        store = await self._store()
+        leased = await store.queue_receive(
+            self.name,
+            max_messages,
+            self._now(),
+            visibility_timeout=self.visibility_timeout,
+            max_attempts=self.max_attempts,
+            lease=uuid.uuid4().hex,
         )
-        messages = [Message(str(r[0]), json.loads(r[1]), int(r[2]), float(r[3]), self.name, lease) for r in results[2]]
-        messages.sort(key=lambda m: int(m.id))
-        return messages
+        return [Message(str(m.id), m.body, m.attempts, m.created_at, self.name, m.lease) for m in leased]
 
     async def ack(self, messages: Sequence[Message]) -> int:
         """Delete messages that were handled; returns how many still held their lease."""
         if not messages:
             return 0
-        database = await self._db()
-        results = await database.transaction(
-            [
-                ("DELETE FROM perdure_queue_messages WHERE id = ? AND lease = ? RETURNING id", (int(m.id), m.lease))
-                for m in messages
-            ]
-        )
-        return sum(len(r) for r in results)
+        store = await self._store()
+        return await store.queue_ack([(int(m.id), m.lease or "") for m in messages])
 
     async def retry(self, message: Message, *, delay: float | None = None, error: str | None = None) -> str:
         """Deliver ``message`` again after ``delay`` (default: backoff), or dead-letter it when it
@@ -349,102 +183,63 @@ class Queue:
         if message.attempts >= self.max_attempts:
             return await self.dead_letter(message, error or f"failed {message.attempts} times")
         wait = self.backoff_delay(message.attempts) if delay is None else max(0.0, float(delay))
-        database = await self._db()
-        (rows,) = await database.transaction(
-            [
-                (
-                    "UPDATE perdure_queue_messages SET visible_at = ?, lease = NULL, last_error = ?"
-                    " WHERE id = ? AND lease = ? RETURNING id",
-                    (self._now() + wait, error, int(message.id), message.lease),
-                )
-            ]
-        )
-        return "retry" if rows else "lost"
+        store = await self._store()
+        retried = await store.queue_retry(int(message.id), message.lease or "", self._now() + wait, error)
+        return "retry" if retried else "lost"
 
     async def dead_letter(self, message: Message, error: str) -> str:
         """Move ``message`` to the dead-letter table now."""
-        database = await self._db()
-        match = "id = ? AND lease = ?"
-        results = await database.transaction(
-            [
-                (
-                    "INSERT INTO perdure_queue_dead (queue, message_id, body, attempts, created_at, failed_at, error)"
-                    f" SELECT queue, id, body, attempts, created_at, ?, ? FROM perdure_queue_messages WHERE {match}",
-                    (self._now(), error, int(message.id), message.lease),
-                ),
-                (f"DELETE FROM perdure_queue_messages WHERE {match} RETURNING id", (int(message.id), message.lease)),
-            ]
-        )
-        return "dead" if results[1] else "lost"
+        store = await self._store()
+        moved = await store.queue_dead_letter(int(message.id), message.lease or "", error, self._now())
+        return "dead" if moved else "lost"
 
     # inspecting
     async def stats(self) -> dict[str, Any]:
         """``{"ready", "delayed", "in_flight", "dead", "oldest_age"}`` (age in seconds of the
         oldest message not yet acknowledged, or None)."""
-        database = await self._db()
+        store = await self._store()
         now = self._now()
-        rows = await database.fetch(
-            "SELECT COALESCE(SUM(CASE WHEN visible_at <= ? THEN 1 ELSE 0 END), 0),"
-            " COALESCE(SUM(CASE WHEN visible_at > ? AND lease IS NULL THEN 1 ELSE 0 END), 0),"
-            " COALESCE(SUM(CASE WHEN visible_at > ? AND lease IS NOT NULL THEN 1 ELSE 0 END), 0),"
-            " MIN(created_at) FROM perdure_queue_messages WHERE queue = ?",
-            (now, now, now, self.name),
-        )
-        ready, delayed, in_flight, oldest = rows[0]
-        dead = await database.fetch("SELECT COUNT(*) FROM perdure_queue_dead WHERE queue = ?", (self.name,))
-        return {
-            "ready": int(ready),
-            "delayed": int(delayed),
-            "in_flight": int(in_flight),
-            "dead": int(dead[0][0]),
-            "oldest_age": None if oldest is None else max(0.0, now - float(oldest)),
-        }
+        depth = (await store.queue_depths(now, self.name)).get(self.name, QueueDepth())
+        return depth_view(depth, now)
 
     async def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest dead-lettered messages: ``{id, message_id, body, attempts, error, failed_at}``."""
-        database = await self._db()
-        rows = await database.fetch(
-            "SELECT id, message_id, body, attempts, error, failed_at FROM perdure_queue_dead WHERE queue = ?"
-            " ORDER BY id DESC LIMIT ?",
-            (self.name, limit),
-        )
-        return [
-            {
-                "id": r[0],
-                "message_id": str(r[1]),
-                "body": json.loads(r[2]),
-                "attempts": r[3],
-                "error": r[4],
-                "failed_at": r[5],
-            }  # fmt: skip
-            for r in rows
-        ]
+        store = await self._store()
+        return [_dead_view(d) for d in await store.queue_dead_letters(self.name, limit)]
 
     async def redrive(self) -> int:
         """Send every dead-lettered message back to the queue (attempts reset); returns how many."""
-        database = await self._db()
-        now = self._now()
-        results = await database.transaction(
-            [
-                (
-                    "INSERT INTO perdure_queue_messages (queue, body, attempts, created_at, visible_at)"
-                    " SELECT queue, body, 0, created_at, ? FROM perdure_queue_dead WHERE queue = ? RETURNING id",
-                    (now, self.name),
-                ),
-                ("DELETE FROM perdure_queue_dead WHERE queue = ?", (self.name,)),
-            ]
-        )
-        return len(results[0])
+        store = await self._store()
+        return await store.queue_redrive(self.name, self._now())
+
+
+def depth_view(depth: QueueDepth, now: float) -> dict[str, Any]:
+    """A queue's depth as JSON: counts, and the age in seconds of its oldest message."""
+    oldest = depth.oldest_created_at
+    return {
+        "ready": depth.ready,
+        "delayed": depth.delayed,
+        "in_flight": depth.in_flight,
+        "dead": depth.dead,
+        "oldest_age": None if oldest is None else max(0.0, now - float(oldest)),
+    }
+
+
+def _dead_view(dead: DeadLetter) -> dict[str, Any]:
+    return {
+        "id": dead.id,
+        "message_id": str(dead.message_id),
+        "body": dead.body,
+        "attempts": dead.attempts,
+        "error": dead.error,
+        "failed_at": dead.failed_at,
+    }
 
 
 async def queue_names(engine: Engine) -> list[str]:
     """Names of the queues that hold messages or dead letters."""
-    database = await Database.for_engine(engine)
-    await ensure_queue_tables(database)
-    rows = await database.fetch(
-        "SELECT queue FROM perdure_queue_messages UNION SELECT queue FROM perdure_queue_dead ORDER BY 1"
-    )
-    return [str(r[0]) for r in rows]
+    store = await engine.ensure_store()
+    return sorted(await store.queue_depths(engine.clock.now()))
 
 
 # -- consumers ------------------------------------------------------------------------------------
@@ -553,7 +348,6 @@ def workflow_trigger(
 
     A message that can never make a valid instance (bad id, params over 1 MiB, ...) is
     dead-lettered at once; a database failure retries the whole batch."""
-    from ..server.operations import _create
 
     async def handle(messages: list[Message]) -> None:
         items: list[tuple[Message, Mapping[str, Any]]] = []
@@ -565,11 +359,11 @@ def workflow_trigger(
         if not items:
             return
         try:
-            await _create(binding, [item for _, item in items], skip_existing=True, trigger="queue")
+            await binding.create_many([item for _, item in items], skip_existing=True, trigger="queue")
         except ValidationError:
             for message, item in items:  # find the bad ones; the others are created one by one
                 try:
-                    await _create(binding, [item], skip_existing=True, trigger="queue")
+                    await binding.create_many([item], skip_existing=True, trigger="queue")
                 except ValidationError as exc:
                     message.dead_letter(f"invalid instance: {exc}")
 

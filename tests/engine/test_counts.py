@@ -18,8 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from perdure import Engine, InstanceAlreadyExistsError, InvalidStateError, NonRetryableError, WorkflowEntrypoint
-from perdure.engine import open_store
-from perdure.store.base import COMPLETE, ERRORED, TERMINAL, Fenced, NewInstance, Store
+from perdure.errors import Fenced
+from perdure.records import COMPLETE, ERRORED, TERMINAL, NewInstance
+from perdure.store import open_store
+from perdure.store.base import Store
 from perdure.store.sqlite import SCHEMA_VERSION, SQLiteStore
 from tests.engine.util import until_status
 
@@ -56,7 +58,7 @@ async def kept_and_truth(store: Store, workflow: str | None = None) -> tuple[Cou
     the instances, read in one statement, so from one snapshot even while others write."""
     if isinstance(store, SQLiteStore):
         where = "WHERE workflow = ?" if workflow else ""
-        rows = store._read(
+        rows = store._fetch(
             f"SELECT 'kept', workflow, status, n FROM instance_counts {where} UNION ALL"
             f" SELECT 'truth', workflow, status, COUNT(*) FROM instances {where} GROUP BY workflow, status",
             (workflow, workflow) if workflow else (),
@@ -429,7 +431,7 @@ async def test_a_database_from_before_the_counts_gets_them_counted(
             "v": {"queued": 1},
         }
         if isinstance(store, SQLiteStore):
-            assert store._read("SELECT value FROM perdure_meta WHERE key = 'schema_version'") == [
+            assert store._fetch("SELECT value FROM perdure_meta WHERE key = 'schema_version'") == [
                 (str(SCHEMA_VERSION),)
             ]
             raw_sqlite(store.path, *(w.format(s="") for w in later_writes))

@@ -17,7 +17,7 @@ from perdure import (
     WorkflowEntrypoint,
 )
 from perdure.cron import firing_id
-from perdure.store.base import NewInstance
+from perdure.records import NewInstance
 from tests.engine.util import until_status
 
 Make = Callable[..., Engine]

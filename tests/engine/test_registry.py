@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 from perdure import Engine, WorkflowEntrypoint
-from perdure.engine import open_store
-from perdure.store.base import QUEUED, NewInstance, Store, WorkflowRecord
+from perdure.records import QUEUED, NewInstance, WorkflowRecord
+from perdure.store import open_store
+from perdure.store.base import Store
 from perdure.testing import ManualClock
 
 Make = Callable[..., Engine]

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from perdure.engine import open_store
-from perdure.store.base import DO, Fenced, NewInstance, StepRecord
+from perdure.errors import Fenced
+from perdure.records import DO, NewInstance, StepRecord
+from perdure.store import open_store
 
 
 async def test_woken_instances_are_claimed_before_queued_ones_and_writes_are_fenced(db_url: str) -> None:

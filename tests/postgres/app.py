@@ -35,7 +35,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from perdure import Engine, WorkflowEntrypoint
-from perdure.store.base import Fenced, StepRecord
+from perdure.errors import Fenced
+from perdure.records import StepRecord
 
 CHAIN_STEPS = 20
 LONG_STEP_SECONDS = 2.0

@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from perdure.errors import InstanceAlreadyExistsError, ValidationError
-from perdure.store.base import COMPLETE, DO, Fenced, NewInstance, StepRecord
+from perdure.errors import Fenced, InstanceAlreadyExistsError, ValidationError
+from perdure.records import COMPLETE, DO, NewInstance, StepRecord
 from perdure.store.migrations.postgres import LATEST, SchemaTooNewError
 from perdure.store.postgres import PostgresStore, parse_url
 from tests.pg import drop_schema, new_schema_name, require_server, server_url, with_params

@@ -32,7 +32,7 @@ from starlette.templating import Jinja2Templates
 
 from ... import validators
 from ...errors import PerdureError, ValidationError
-from ...store.base import STATUSES, TERMINAL
+from ...records import STATUSES, TERMINAL
 from ..operations import ACTIONS, Operations, instance_summary
 
 HERE = Path(__file__).parent

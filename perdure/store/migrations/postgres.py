@@ -209,6 +209,34 @@ MIGRATIONS: tuple[Migration, ...] = (
             " SELECT workflow, status, count(*) FROM {s}.instances GROUP BY workflow, status",
         ),
     ),
+    Migration(
+        5,
+        "durable queues: messages and dead letters",
+        (
+            # Perdure 0.1 created these tables on first use of a queue, outside the migrations,
+            # with exactly these columns: IF NOT EXISTS keeps such a schema's messages as they are.
+            """CREATE TABLE IF NOT EXISTS {s}.perdure_queue_messages (
+                id BIGSERIAL PRIMARY KEY,
+                queue TEXT NOT NULL,
+                body TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                created_at DOUBLE PRECISION NOT NULL,
+                visible_at DOUBLE PRECISION NOT NULL,
+                lease TEXT,
+                last_error TEXT)""",
+            "CREATE INDEX IF NOT EXISTS ix_perdure_queue_ready ON {s}.perdure_queue_messages (queue, visible_at, id)",
+            """CREATE TABLE IF NOT EXISTS {s}.perdure_queue_dead (
+                id BIGSERIAL PRIMARY KEY,
+                queue TEXT NOT NULL,
+                message_id BIGINT NOT NULL,
+                body TEXT NOT NULL,
+                attempts INTEGER NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                failed_at DOUBLE PRECISION NOT NULL,
+                error TEXT)""",
+            "CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON {s}.perdure_queue_dead (queue, id)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

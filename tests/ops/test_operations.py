@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from perdure.records import InstanceRecord, StepRecord
 from perdure.server.operations import (
     check_limit,
     check_status,
@@ -12,10 +13,9 @@ from perdure.server.operations import (
     event_history,
     instance_detail,
     iso,
-    parse_from_step,
     step_view,
 )
-from perdure.store.base import InstanceRecord, StepRecord
+from perdure.validators import from_step
 
 T = 1_700_000_000.0
 
@@ -120,7 +120,7 @@ def test_cursors_and_checks() -> None:
     assert check_status(None) is None and check_status("waitingForPause") == "waitingForPause"
     with pytest.raises(ValueError):
         check_status("")
-    assert parse_from_step({"name": "a", "type": "step"}) == {"name": "a", "type": "do"}
+    assert from_step({"name": "a", "type": "step"}) == ("do", "a", 1)
     for bad_step in ([], {"name": ""}, {"name": "a", "count": 0}, {"name": "a", "type": {}}, {"name": "a", "x": 1}):
         with pytest.raises(ValueError):
-            parse_from_step(bad_step)
+            from_step(bad_step)

@@ -1,0 +1,186 @@
+"""The SQLite layout, created and upgraded in place when a file is opened.
+
+One file has one writer at a time, so its layout needs no numbered migrations: every table and
+index is created ``IF NOT EXISTS``, and a file an older Perdure wrote gains what it lacks (the
+kept counts are taken from the instances it has, in the same transaction). ``perdure_meta``
+records the newest layout the file has had; an older Perdure may still open it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+# The layout is created in place (``IF NOT EXISTS``): a file from an older version gains the
+# tables it lacks when opened. 2 added ``workflows``; the prefix search of instance ids needs no
+# index of its own, since the UNIQUE (workflow, id) index is in binary order. 3 added
+# ``instance_counts`` and the triggers that keep it (see _COUNTS below; created apart from
+# _SCHEMA, because a file that predates them needs its counts taken in the same transaction).
+# 4 added the durable queues' tables, which Perdure 0.1 created on a queue's first use with the
+# same columns (so IF NOT EXISTS keeps the messages of such a file).
+SCHEMA_VERSION = 4
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS instances (
+    pk INTEGER PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    params TEXT NOT NULL,
+    trigger TEXT NOT NULL,
+    schedule TEXT,
+    created_at REAL NOT NULL,
+    started_at REAL,
+    ended_at REAL,
+    output TEXT,
+    error TEXT,
+    wake_at REAL,
+    wait_types TEXT,
+    wake_requested INTEGER NOT NULL DEFAULT 0,
+    paused_at REAL,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    owner TEXT,
+    lease_until REAL,
+    UNIQUE (workflow, id)
+);
+CREATE INDEX IF NOT EXISTS ix_instances_runnable ON instances (status, wake_at);
+CREATE INDEX IF NOT EXISTS ix_instances_list ON instances (workflow, status, pk);
+CREATE INDEX IF NOT EXISTS ix_instances_newest ON instances (workflow, pk);
+CREATE INDEX IF NOT EXISTS ix_instances_owner ON instances (owner) WHERE owner IS NOT NULL;
+CREATE TABLE IF NOT EXISTS steps (
+    seq INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    name TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    config TEXT,
+    attempts TEXT NOT NULL,
+    result TEXT,
+    error TEXT,
+    started_at REAL NOT NULL,
+    ended_at REAL,
+    wake_at REAL,
+    UNIQUE (instance_pk, kind, name, count)
+);
+CREATE TABLE IF NOT EXISTS events (
+    pk INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    consumed_by INTEGER
+);
+CREATE INDEX IF NOT EXISTS ix_events_pending ON events (instance_pk, type, consumed_by, pk);
+CREATE TABLE IF NOT EXISTS history (
+    seq INTEGER PRIMARY KEY,
+    instance_pk INTEGER NOT NULL,
+    type TEXT NOT NULL,
+    ts REAL NOT NULL,
+    data TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_history_instance ON history (instance_pk, seq);
+CREATE TABLE IF NOT EXISTS workflows (
+    name TEXT PRIMARY KEY,
+    class_name TEXT NOT NULL,
+    schedules TEXT NOT NULL,
+    step_limit INTEGER NOT NULL,
+    registered_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS perdure_queue_messages (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    visible_at REAL NOT NULL,
+    lease TEXT,
+    last_error TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_perdure_queue_ready ON perdure_queue_messages (queue, visible_at, id);
+CREATE TABLE IF NOT EXISTS perdure_queue_dead (
+    id INTEGER PRIMARY KEY,
+    queue TEXT NOT NULL,
+    message_id BIGINT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    created_at REAL NOT NULL,
+    failed_at REAL NOT NULL,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON perdure_queue_dead (queue, id);
+"""
+
+# The number of instances of each (workflow, status), kept by triggers on instances, so that
+# count_by_status reads a few rows instead of an index of every instance. SQLite has one writer
+# at a time, so one row per (workflow, status) updated in place costs no contention. The
+# triggers live in the file: every writer keeps the counts, an older Perdure's too. Rows whose
+# n fell to 0 stay (they are read past). The update trigger also covers a change of workflow,
+# which the store never makes. One kind of write escapes triggers: the rows an INSERT OR
+# REPLACE deletes, unless recursive_triggers is on, which _connect turns on (the store never
+# replaces instances; a tool that does so on its own connection would skew the counts).
+_COUNT_TRIGGERS = ("instance_counts_insert", "instance_counts_update", "instance_counts_delete")
+_ADD = (
+    "INSERT INTO instance_counts (workflow, status, n) VALUES ({wf}, {st}, {n})"
+    " ON CONFLICT (workflow, status) DO UPDATE SET n = n + excluded.n;"
+)
+_COUNTS = (
+    """CREATE TABLE IF NOT EXISTS instance_counts (
+    workflow TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (workflow, status)
+) WITHOUT ROWID""",
+    "CREATE TRIGGER instance_counts_insert AFTER INSERT ON instances BEGIN "
+    + _ADD.format(wf="NEW.workflow", st="NEW.status", n=1)
+    + " END",
+    "CREATE TRIGGER instance_counts_update AFTER UPDATE OF workflow, status ON instances"
+    " WHEN OLD.status IS NOT NEW.status OR OLD.workflow IS NOT NEW.workflow BEGIN "
+    + _ADD.format(wf="OLD.workflow", st="OLD.status", n=-1)
+    + " "
+    + _ADD.format(wf="NEW.workflow", st="NEW.status", n=1)
+    + " END",
+    "CREATE TRIGGER instance_counts_delete AFTER DELETE ON instances BEGIN "
+    + _ADD.format(wf="OLD.workflow", st="OLD.status", n=-1)
+    + " END",
+)
+
+
+def _ensure_counts(conn: sqlite3.Connection) -> None:
+    """Create the counts and their triggers if the file lacks them, counting the instances it
+    has. Run inside a write transaction: no other writer (of this process or another) can
+    change an instance between the count and the triggers taking over."""
+    present = {
+        row[0]
+        for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'instances'")
+    }
+    if present.issuperset(_COUNT_TRIGGERS):
+        return
+    for name in _COUNT_TRIGGERS:  # a partial set (never made by Perdure): start over
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    conn.execute(_COUNTS[0])
+    conn.execute("DELETE FROM instance_counts")
+    conn.execute(
+        "INSERT INTO instance_counts (workflow, status, n)"
+        " SELECT workflow, status, COUNT(*) FROM instances GROUP BY workflow, status"
+    )
+    for trigger in _COUNTS[1:]:
+        conn.execute(trigger)
+
+
+def create_or_upgrade(conn: sqlite3.Connection) -> None:
+    """Bring the file behind ``conn`` (autocommit, not in a transaction) to :data:`SCHEMA_VERSION`."""
+    conn.executescript(_SCHEMA)  # each statement on its own (executescript commits first)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        _ensure_counts(conn)
+        conn.execute(  # the newest layout the file has had (an older Perdure may open it too)
+            "INSERT INTO perdure_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
+            " SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
+            (str(SCHEMA_VERSION),),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
