@@ -47,6 +47,16 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from ..records import STATUSES
+from ..server.formatting import (
+    STATUS_LABELS,
+    STEP_TYPE_LABELS,
+    TRIGGER_LABELS,
+    human_ms,
+    human_time,
+    iso,
+)
+
 if TYPE_CHECKING:
     from ..triggers.queues import Queue
 
@@ -66,20 +76,6 @@ _CODE_EXITS = {
     "unauthorized": EXIT_AUTH,
     "forbidden_origin": EXIT_AUTH,
 }
-STATUS_EMOJI = {
-    "complete": "✅ Completed",
-    "errored": "❌ Errored",
-    "paused": "⏸️ Paused",
-    "queued": "⌛ Queued",
-    "running": "▶ Running",
-    "terminated": "🚫 Terminated",
-    "waiting": "⏰ Waiting",
-    "waitingForPause": "⏱️ Waiting for Pause",
-    "unknown": "❓ Unknown",
-}
-TRIGGER_EMOJI = {"api": "🌎 API", "binding": "🔗 Binding", "cron": "⌛ Cron", "event": "📩 Event", "queue": "📬 Queue"}
-STEP_TYPE = {"step": "🎯 Step", "sleep": "💤 Sleeping", "waitForEvent": "👀 Waiting for event"}
-STATUSES = ("queued", "running", "paused", "errored", "terminated", "complete", "waiting", "waitingForPause", "unknown")
 
 
 class CliError(Exception):
@@ -224,7 +220,6 @@ class DbBackend:
         return {"queue": name, "id": await queue.send(body, delay=delay), "delay": delay}
 
     async def queue_dead(self, name: str, limit: int) -> dict[str, Any]:
-        from ..server.operations import iso
 
         letters = await (await self._queue(name)).dead_letters(limit)
         return {"queue": name, "dead_letters": [{**d, "failed_at": iso(d["failed_at"])} for d in letters]}
@@ -336,16 +331,6 @@ def _parse_json(text: str | None, what: str) -> Any:
 
 
 # -- rendering ----------------------------------------------------------------------------------
-def _t(value: str | None) -> str:
-    return value.replace("T", " ").rstrip("Z") if value else "-"
-
-
-def _ms(value: int | None) -> str:
-    from ..server.dashboard import _ms as fmt
-
-    return fmt(value)
-
-
 def _short(value: Any, limit: int) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more characters)"
@@ -370,7 +355,7 @@ def _render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None
             wf["class_name"] or "(not registered)",
             counts,
             str(wf["total"]),
-            _t(wf.get("last_registered_at")),
+            human_time(wf.get("last_registered_at")),
         )
     console.print(table)
 
@@ -381,7 +366,7 @@ def _render_workflow(console: Console, wf: dict[str, Any]) -> None:
     grid.add_row("Class:", wf["class_name"] or "(not registered)")
     grid.add_row("Schedules:", ", ".join(wf["schedules"]) or "-")
     grid.add_row("Step limit:", str(wf["step_limit"] or "-"))
-    grid.add_row("Last registered:", _t(wf.get("last_registered_at")))
+    grid.add_row("Last registered:", human_time(wf.get("last_registered_at")))
     grid.add_row("Instances:", f"{wf['total']} ({', '.join(f'{s} {n}' for s, n in wf['instances'].items()) or 'none'})")
     console.print(grid)
 
@@ -394,12 +379,12 @@ def _render_instances(console: Console, page: dict[str, Any]) -> None:
     for inst in page["instances"]:
         table.add_row(
             inst["id"],
-            STATUS_EMOJI.get(inst["status"], inst["status"]),
+            STATUS_LABELS.get(inst["status"], inst["status"]),
             inst["trigger"]["source"],
-            _t(inst["queued"]),
-            _t(inst["start"]),
-            _t(inst["end"]),
-            _ms(inst["duration_ms"]),
+            human_time(inst["queued"]),
+            human_time(inst["start"]),
+            human_time(inst["end"]),
+            human_ms(inst["duration_ms"]),
         )
     console.print(table)
     if page.get("next_cursor"):
@@ -430,16 +415,16 @@ def render_instance(console: Console, d: dict[str, Any], *, step_output: bool = 
     rows = [
         ("Workflow Name:", d["workflow"]),
         ("Instance Id:", d["id"]),
-        ("Status:", STATUS_EMOJI.get(d["status"], d["status"])),
-        ("Trigger:", TRIGGER_EMOJI.get(d["trigger"]["source"], d["trigger"]["source"])),
-        ("Queued:", _t(d["queued"])),
-        ("Start:", _t(d["start"])),
-        ("End:", _t(d["end"])),
-        ("Duration:", _ms(d["duration_ms"])),
+        ("Status:", STATUS_LABELS.get(d["status"], d["status"])),
+        ("Trigger:", TRIGGER_LABELS.get(d["trigger"]["source"], d["trigger"]["source"])),
+        ("Queued:", human_time(d["queued"])),
+        ("Start:", human_time(d["start"])),
+        ("End:", human_time(d["end"])),
+        ("Duration:", human_ms(d["duration_ms"])),
         ("Last Successful Step:", d["last_successful_step"] or "-"),
     ]
     if d.get("wake_at"):
-        rows.append(("Wakes At:", _t(d["wake_at"])))
+        rows.append(("Wakes At:", human_time(d["wake_at"])))
     for key, value in rows:
         grid.add_row(key, value)
     if d.get("error"):
@@ -462,19 +447,21 @@ def render_instance(console: Console, d: dict[str, Any], *, step_output: bool = 
     for s in steps:
         failed = sum(1 for a in s["attempts"] if a["error"])
         attempts = f"{len(s['attempts'])}" + (f" ({failed} failed)" if failed else "") if s["type"] == "step" else "-"
-        table.add_row(
-            s["label"], STEP_TYPE.get(s["type"], s["type"]), s["status"], _t(s["start"]), _ms(s["duration_ms"]),
-            attempts, _bar(s, t0, t1 - t0),
-        )  # fmt: skip
+        kind, start, took = (
+            STEP_TYPE_LABELS.get(s["type"], s["type"]),
+            human_time(s["start"]),
+            human_ms(s["duration_ms"]),
+        )
+        table.add_row(s["label"], kind, s["status"], start, took, attempts, _bar(s, t0, t1 - t0))
     console.print(table)
     for s in steps:
         details = []
         for number, a in enumerate(s["attempts"], start=1):
             if a["error"]:
                 details.append(
-                    Text(f"  attempt {number}: {_t(a['start'])} ({_ms(a['duration_ms'])}) ", style="dim").append(
-                        f"{a['error']['name']}: {a['error']['message']}", style="red"
-                    )
+                    Text(
+                        f"  attempt {number}: {human_time(a['start'])} ({human_ms(a['duration_ms'])}) ", style="dim"
+                    ).append(f"{a['error']['name']}: {a['error']['message']}", style="red")
                 )
         if s["error"] and s["type"] != "step":
             details.append(Text(f"  {s['error']['name']}: {s['error']['message']}", style="red"))
@@ -632,7 +619,7 @@ def _render_queues(console: Console, rows: list[dict[str, Any]]) -> None:
     table = _table("Queue", "Ready", "Delayed", "In flight", "Dead", "Oldest message")
     for q in rows:
         age = None if q["oldest_age"] is None else int(q["oldest_age"] * 1000)
-        table.add_row(q["name"], str(q["ready"]), str(q["delayed"]), str(q["in_flight"]), str(q["dead"]), _ms(age))
+        table.add_row(q["name"], str(q["ready"]), str(q["delayed"]), str(q["in_flight"]), str(q["dead"]), human_ms(age))
     console.print(table)
 
 
@@ -646,7 +633,7 @@ def _render_dead(console: Console, data: dict[str, Any]) -> None:
             str(d["id"]),
             d["message_id"],
             str(d["attempts"]),
-            _t(d["failed_at"]),
+            human_time(d["failed_at"]),
             d["error"] or "-",
             _short(d["body"], 60),
         )

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from .. import validators
@@ -29,6 +28,7 @@ from ..binding import Instance, WorkflowBinding
 from ..errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
 from ..records import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 from ..serde import public_error
+from .formatting import duration_ms, iso
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -43,21 +43,6 @@ DEFAULT_LIST_LIMIT = 50
 
 class StepNotFoundError(PerdureError, LookupError):
     """``restart(from_step=...)`` names a step the instance does not have."""
-
-
-# -- formatting ---------------------------------------------------------------------------------
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO 8601 UTC with milliseconds, or None."""
-    if ts is None:
-        return None
-    moment = datetime.fromtimestamp(ts, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def duration_ms(start: float | None, end: float | None) -> int | None:
-    if start is None or end is None:
-        return None
-    return max(0, round((end - start) * 1000))
 
 
 def label(step: StepRecord) -> str:

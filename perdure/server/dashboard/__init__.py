@@ -33,6 +33,7 @@ from starlette.templating import Jinja2Templates
 from ... import validators
 from ...errors import PerdureError, ValidationError
 from ...records import STATUSES, TERMINAL
+from ..formatting import human_ms, human_time, pretty_json
 from ..operations import ACTIONS, Operations, instance_summary
 
 HERE = Path(__file__).parent
@@ -40,38 +41,9 @@ templates = Jinja2Templates(directory=str(HERE / "templates"))
 _LIVE = {"queued", "running", "waitingForPause"}
 
 
-def _ms(value: Any) -> str:
-    """Milliseconds as a short human duration: ``850 ms``, ``2.4 s``, ``3 min 5 s``, ``2 h 1 min``."""
-    if value is None:
-        return "-"
-    ms = int(value)
-    if ms < 1000:
-        return f"{ms} ms"
-    seconds = ms / 1000
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, sec = divmod(int(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {sec} s"
-    hours, minutes = divmod(minutes, 60)
-    if hours < 48:
-        return f"{hours} h {minutes} min"
-    return f"{hours // 24} d {hours % 24} h"
-
-
-def _time(value: str | None) -> str:
-    """ISO time shown as ``2024-10-22 12:00:01.123`` (UTC)."""
-    return value.replace("T", " ").rstrip("Z") if value else "-"
-
-
-def _pretty(value: Any, limit: int = 20_000) -> str:
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
-    return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
-
-
-templates.env.filters["ms"] = _ms
-templates.env.filters["time"] = _time
-templates.env.filters["pretty"] = _pretty
+templates.env.filters["ms"] = human_ms
+templates.env.filters["time"] = human_time
+templates.env.filters["pretty"] = pretty_json
 
 
 async def _form(request: Request) -> dict[str, str]:
