@@ -26,7 +26,7 @@ from .clock import Clock, run_with_timeout
 from .durations import Duration, parse_duration, parse_timestamp
 from .errors import EventTimeoutError, Fenced, NonRetryableError, ValidationError, WorkflowTimeoutError
 from .event import to_datetime
-from .records import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord
+from .records import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
 from .retries import resolve_config, retry_delay, timeout_seconds
 from .serde import error_info, rebuild_error
 from .tracing import span
@@ -45,9 +45,9 @@ class Stop(BaseException):
     ``"fatal"`` (the instance errors with ``error``).
     """
 
-    def __init__(self, kind: str, error: dict[str, str] | None = None) -> None:
+    def __init__(self, kind: StopKind, error: dict[str, str] | None = None) -> None:
         super().__init__(kind)
-        self.kind = kind
+        self.kind: StopKind = kind
         self.error = error
 
 

@@ -362,8 +362,8 @@ class Operations:
         store = await self.engine.ensure_store()
         try:
             page = await store.list_instances(name, status=wanted, cursor=store_cursor, limit=size, id_prefix=prefix)
-        except Exception as exc:
-            if store_cursor is not None and _bad_value(exc):  # a forged cursor the store cannot use
+        except ValidationError:
+            if store_cursor is not None:  # a forged cursor the store cannot use
                 raise ValidationError("cursor is not one this server issued") from None
             raise
         return {"instances": [instance_summary(r) for r in page.items], "next_cursor": encode_cursor(page.next_cursor)}
@@ -434,16 +434,6 @@ async def _create(binding: WorkflowBinding, items: list[Any], *, skip_existing: 
         if not isinstance(item, Mapping):
             raise ValidationError(f"an instance to create must be an object {{id?, params?}}, got {_json_type(item)}")
     return await binding.create_many(items, skip_existing=skip_existing, trigger=trigger)
-
-
-def _bad_value(exc: Exception) -> bool:
-    if isinstance(exc, (ValueError, TypeError, OverflowError)):
-        return True
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover - the PostgreSQL extra is not installed
-        return False
-    return isinstance(exc, psycopg.DataError)
 
 
 def _json_type(value: object) -> str:

@@ -136,6 +136,19 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("a SQLite store operation suspended; it must not await anything but its Tx")
 
 
+def _cursor_pk(cursor: str | None) -> int:
+    """The pk a page cursor continues below (cursors are the last pk of the previous page)."""
+    if not cursor:
+        return 2**62
+    try:
+        pk = int(cursor)
+    except ValueError:
+        raise ValidationError(f"page cursor {cursor[:40]!r} is not a number") from None
+    if not 0 < pk <= 2**62:
+        raise ValidationError(f"page cursor {cursor[:40]!r} is out of range")
+    return pk
+
+
 async def lock_instance(tx: Tx, pk: int, columns: str) -> Row:
     """Lock an instance's row for a control call and read ``columns``; unknown: not found."""
     row = await tx.one(f"SELECT {columns} FROM {{s}}.instances WHERE pk = %s{{lock}}", (pk,))
@@ -195,7 +208,7 @@ class SQLStore(Store):
         # the planner off the (workflow, pk) and (workflow, status, pk) indexes, which it
         # prefers without statistics and which would read every instance of the workflow.
         hint = self.dialect.plan_hint if id_prefix else ""
-        where, params = f"workflow = %s AND {hint}pk < %s", [workflow, int(cursor) if cursor else 2**62]
+        where, params = f"workflow = %s AND {hint}pk < %s", [workflow, _cursor_pk(cursor)]
         if status:
             where += f" AND {hint}status = %s"
             params.append(status)
