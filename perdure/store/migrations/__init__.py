@@ -1,6 +1,7 @@
-"""Versioned schema migrations for the server backends.
+"""Versioned schemas of the two backends.
 
-SQLite creates its few tables in place (one file, one writer); a PostgreSQL schema is shared by
+SQLite creates its tables in place (one file, one writer): :mod:`.sqlite` brings any file
+Perdure ever wrote up to the current layout when it is opened. A PostgreSQL schema is shared by
 many processes of possibly different Perdure versions, so its layout evolves through numbered,
-append-only migrations (:mod:`perdure.store.migrations.postgres`).
+append-only migrations (:mod:`.postgres`).
 """
