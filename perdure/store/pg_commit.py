@@ -43,6 +43,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from ..errors import Fenced, PerdureError
 from .batching import Unexpected, last_per_key, settle
+from .sql import Tx
 
 log = logging.getLogger("perdure.postgres")
 
@@ -396,3 +397,62 @@ class GroupCommit:
 
 async def _marker(conn: Conn) -> None:
     return None
+
+
+class PgTx(Tx):
+    """The shared operations' view (:mod:`perdure.store.sql`) of one of our connections, inside
+    its transaction: ``q`` spells a statement for this schema, ``notify`` wakes other workers."""
+
+    __slots__ = ("conn", "_q", "_notify")
+
+    def __init__(self, conn: Conn, q: Callable[[str], str], notify: Callable[[Conn], Awaitable[None]]) -> None:
+        self.conn = conn
+        self._q = q
+        self._notify = notify
+
+    async def all(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+        cur = await self.conn.execute(self._q(sql), params)
+        return await cur.fetchall() if cur.description else []
+
+    async def run(self, sql: str, params: Any = ()) -> int:
+        cur = await self.conn.execute(self._q(sql), params)
+        return cur.rowcount
+
+    async def notify(self) -> None:
+        await self._notify(self.conn)
+
+
+async def open_pool(
+    conninfo: str,
+    name: str,
+    min_size: int,
+    max_size: int,
+    *,
+    timeout: float,
+    connect_timeout: int,
+    idle_in_transaction_timeout: float,
+) -> AsyncConnectionPool[Conn]:
+    """An open pool of autocommit connections with the store's session settings.
+
+    A worker frozen in the middle of a transaction (SIGSTOP, a long GC pause, a laptop lid)
+    would keep its instance rows locked, and ``SKIP LOCKED`` claims would skip them for as
+    long as it stays frozen: the server ends such a session after
+    ``idle_in_transaction_timeout`` seconds, which releases the locks and lets the lease
+    expire normally. Our own transactions never sit idle."""
+    ms = int(idle_in_transaction_timeout * 1000)
+
+    async def configure(conn: Conn) -> None:
+        await conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
+
+    pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        conninfo,
+        min_size=min_size,
+        max_size=max_size,
+        kwargs={"autocommit": True, "connect_timeout": connect_timeout},
+        timeout=timeout,
+        name=name,
+        configure=configure,
+        open=False,
+    )
+    await pool.open()
+    return pool

@@ -36,11 +36,8 @@ callbacks. Expired leases are announced by nobody (a dead worker cannot ``NOTIFY
 ``changed()`` also says True every ``safety_poll`` seconds: that bounds takeover time to about
 ``lease_ttl + safety_poll``, and covers notifications missed while the listener reconnects.
 
-**Counts.** ``count_by_status`` reads counts that triggers keep (migration 4), not the
-instances: the triggers append deltas (no shared row to lock, so workers never wait for each
-other), and a store folds them into the counts, one store at a time (an advisory lock taken
-without waiting): a worker's store every ``compact_every`` seconds (from its claims and polls,
-in the background), and a reader that came across more than ``compact_after`` deltas.
+**Counts.** ``count_by_status`` reads counts that triggers keep, not the instances
+(:mod:`perdure.store.pg_counts`).
 
 **Connection loss.** Every method raises when the database stays unreachable; the engine
 treats a failed step write as a lost run (claimed again once its lease expires) and retries
@@ -56,7 +53,6 @@ every other parameter goes to libpq unchanged. One store is used from one event 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -70,12 +66,11 @@ from psycopg_pool import AsyncConnectionPool
 from ..errors import Fenced, InstanceAlreadyExistsError, ValidationError
 from ..records import COMPLETE, QUEUED, InstanceRecord, NewInstance, StepRecord, WorkflowRecord
 from .migrations.postgres import migrate
-from .pg_commit import Conn, GroupCommit, Outcome, Transactions, Write, WriteFn
+from .pg_commit import Conn, GroupCommit, Outcome, PgTx, Transactions, Write, WriteFn, open_pool
+from .pg_counts import CountFolder
 from .pg_listen import Listener
 from .pg_sql import (
     CLAIM,
-    COMPACT_COUNTS,
-    COUNTS,
     CREATE,
     GIVE_UP,
     REGISTER_WORKFLOWS,
@@ -91,27 +86,6 @@ log = logging.getLogger("perdure.postgres")
 T = TypeVar("T")
 
 __all__ = ["PostgresStore", "parse_url"]
-
-
-class _Tx(Tx):
-    """The shared operations' view of one of our connections, inside its transaction."""
-
-    __slots__ = ("conn", "store")
-
-    def __init__(self, conn: Conn, store: PostgresStore) -> None:
-        self.conn = conn
-        self.store = store
-
-    async def all(self, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
-        cur = await self.conn.execute(self.store.dialect.q(sql), params)
-        return await cur.fetchall() if cur.description else []
-
-    async def run(self, sql: str, params: Any = ()) -> int:
-        cur = await self.conn.execute(self.store.dialect.q(sql), params)
-        return cur.rowcount
-
-    async def notify(self) -> None:
-        await self.store._notify(self.conn)
 
 
 # -- the store ----------------------------------------------------------------------------------
@@ -133,7 +107,7 @@ class PostgresStore(SQLStore):
     * ``retry_delays`` ((0.05, 0.2, 0.5) s): pauses between tries of a write or read whose
       connection failed; after the last one the error is raised.
     * ``idle_in_transaction_timeout`` (5 s): the server ends a session frozen inside a
-      transaction after this long, releasing its row locks (see :meth:`_configure`).
+      transaction after this long, releasing its row locks (see :func:`~perdure.store.pg_commit.open_pool`).
     * ``compact_every`` (1 s): how often a worker folds the deltas of the instance counts
       (see :meth:`compact_counts`); ``compact_after`` (1,000): a count that read more deltas
       than this folds them.
@@ -160,10 +134,6 @@ class PostgresStore(SQLStore):
             raise ValidationError(
                 f"pool sizes need 0 <= pool_min <= pool_max, pool_max >= 1; got {pool_min}, {pool_max}"
             )
-        if not (isinstance(compact_every, (int, float)) and compact_every > 0):
-            raise ValidationError(f"compact_every must be a number of seconds > 0, got {compact_every!r}")
-        if not (isinstance(compact_after, int) and compact_after >= 0):
-            raise ValidationError(f"compact_after must be an integer >= 0, got {compact_after!r}")
         self.url = url
         self.conninfo, self.schema = parse_url(url, schema)
         self.pool_min = pool_min
@@ -172,14 +142,18 @@ class PostgresStore(SQLStore):
         self.connect_timeout = connect_timeout
         self.safety_poll = safety_poll
         self.idle_in_transaction_timeout = idle_in_transaction_timeout
-        self.compact_every = compact_every
-        self.compact_after = compact_after
-        self._compact_lock = f"perdure.counts.{self.schema}"  # not the migrations' lock
-        self._compact_warned = False
         self.channel = f"perdure_{self.schema}"[:63]  # identifiers are at most 63 bytes
         self.token = uuid.uuid4().hex  # the payload of our NOTIFYs, so our listener skips them
         self.dialect = postgres_dialect(sql.Identifier(self.schema).as_string())
         self._q = self.dialect.q  # ``{s}`` -> the quoted schema name, cached
+        self._counts = CountFolder(
+            self.schema,
+            self._q,
+            self._read,
+            lambda writes: self._transactions.commit(writes),
+            every=compact_every,
+            after=compact_after,
+        )
         self.retry_delays = tuple(retry_delays)
         self.lazy_delay = lazy_delay
         self.max_batch = max_batch
@@ -202,8 +176,8 @@ class PostgresStore(SQLStore):
         )
         self._changed = False
         self._last_poll = time.monotonic()
-        self._compacting: asyncio.Task[None] | None = None
-        self._last_compact = time.monotonic()
+        if hasattr(self, "_counts"):
+            self._counts.forget()
 
     @property
     def batches(self) -> int:
@@ -240,39 +214,21 @@ class PostgresStore(SQLStore):
                 self._listener.start()
 
     async def _new_pool(self, role: str, min_size: int, max_size: int) -> AsyncConnectionPool[Conn]:
-        pool: AsyncConnectionPool[Conn] = AsyncConnectionPool(
+        return await open_pool(
             self.conninfo,
-            min_size=min_size,
-            max_size=max_size,
-            kwargs={"autocommit": True, "connect_timeout": self.connect_timeout},
+            f"perdure-{self.schema}-{role}",
+            min_size,
+            max_size,
             timeout=self.pool_timeout,
-            name=f"perdure-{self.schema}-{role}",
-            configure=self._configure,
-            open=False,
+            connect_timeout=self.connect_timeout,
+            idle_in_transaction_timeout=self.idle_in_transaction_timeout,
         )
-        await pool.open()
-        return pool
-
-    async def _configure(self, conn: Conn) -> None:
-        """Session settings of every pooled connection.
-
-        A worker frozen in the middle of a transaction (SIGSTOP, a long GC pause, a laptop
-        lid) would keep its instance rows locked, and ``SKIP LOCKED`` claims would skip them
-        for as long as it stays frozen: the server ends such a session after
-        ``idle_in_transaction_timeout`` seconds, which releases the locks and lets the lease
-        expire normally. Our own transactions never sit idle."""
-        ms = int(self.idle_in_transaction_timeout * 1000)
-        await conn.execute(f"SET idle_in_transaction_session_timeout = {ms}")
 
     async def close(self) -> None:
         """Commit queued writes, stop listening and close every connection."""
         if self._pool is None:
             return
-        compacting, self._compacting = self._compacting, None
-        if compacting is not None and not compacting.done() and compacting.get_loop() is asyncio.get_running_loop():
-            # A fold is one short statement: let it finish (cancelling would only undo it).
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(compacting, timeout=5.0)
+        await self._counts.close()
         await self._writer.close()
         await self._listener.stop()
         self._transactions.cancel()
@@ -322,13 +278,13 @@ class PostgresStore(SQLStore):
         return await self._transactions.read(self._q(sql), params)
 
     async def _control(self, op: Callable[[Tx], Awaitable[T]]) -> T:
-        result: T = await self._transact(lambda conn: op(_Tx(conn, self)))
+        result: T = await self._transact(lambda conn: op(PgTx(conn, self._q, self._notify)))
         return result
 
-    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
         """Queue writes join the worker's group commit, like step results (on the writer's
         connection): a consumer acking a batch shares a commit with the steps it started."""
-        result: T = await self._write(lambda conn: op(_Tx(conn, self)))
+        result: T = await self._write(lambda conn: op(PgTx(conn, self._q, self._notify)), single=single)
         return result
 
     async def _notify(self, conn: Conn) -> None:
@@ -394,62 +350,16 @@ class PostgresStore(SQLStore):
         return result
 
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
-        """The counts the triggers keep (:data:`COUNTS`): a few rows per workflow, however many
-        instances there are. When the read came across more than ``compact_after`` deltas (no
-        worker is folding them), it folds them, so the next read is short again."""
-        if workflow is None:
-            rows = await self._read(COUNTS.replace("{where}", ""))
-        else:
-            rows = await self._read(COUNTS.replace("{where}", "WHERE workflow = %(w)s"), {"w": workflow})
-        counts: dict[str, dict[str, int]] = {}
-        deltas = 0
-        for wf, status, n, read in rows:
-            deltas += int(read)
-            if n:
-                counts.setdefault(wf, {})[status] = int(n)
-        if deltas > self.compact_after:
-            await self._compact_quietly()
-        return counts
+        """The counts the triggers keep (:mod:`perdure.store.pg_counts`)."""
+        return await self._counts.counts(workflow)
 
     async def compact_counts(self) -> int | None:
-        """Fold the deltas of the instance counts into the counts (:data:`COMPACT_COUNTS`);
-        return how many were folded, or None when another store was folding them."""
+        """Fold the counts' deltas now; how many, or None when another store was folding them."""
+        return await self._counts.fold()
 
-        async def op(conn: Conn) -> int | None:
-            cur = await conn.execute(self._q(COMPACT_COUNTS), {"lock": self._compact_lock})
-            row = await cur.fetchone()
-            assert row is not None
-            return int(row[1]) if row[0] else None
-
-        # Idempotent: folding again after a commit whose outcome was lost folds what is left.
-        ((value, error),) = await self._transactions.commit([Write(op, single=True, idempotent=True)])
-        if error is not None:
-            raise error
-        result: int | None = value
-        return result
-
-    async def _compact_quietly(self) -> None:
-        """A fold whose failure is only logged: the counts stay exact without it (the deltas
-        wait for the next one), and a read must not fail because a write did."""
-        try:
-            await self.compact_counts()
-        except Exception as exc:
-            if not self._compact_warned:
-                self._compact_warned = True
-                log.warning("perdure: cannot fold the instance counts' deltas (retried later): %s", exc)
-
-    def _maybe_compact(self) -> None:
-        """Start a fold in the background when the last one began ``compact_every`` seconds
-        ago (a worker's claims and polls call this; a busy worker may never poll)."""
-        now = time.monotonic()
-        if now - self._last_compact < self.compact_every or self._pool is None:
-            return
-        if self._compacting is not None and not self._compacting.done():
-            return
-        self._last_compact = now
-        self._compacting = asyncio.get_running_loop().create_task(
-            self._compact_quietly(), name="perdure-pg-compact-counts"
-        )
+    def _maybe_fold(self) -> None:
+        if self._pool is not None:
+            self._counts.maybe_fold()
 
     # -- workflows -------------------------------------------------------------------------------
     async def register_workflows(self, workflows: list[WorkflowRecord], now: float) -> None:
@@ -495,7 +405,7 @@ class PostgresStore(SQLStore):
             return [instance_from_row(row) for row in await cur.fetchall()]
 
         result: list[InstanceRecord] = await self._write(op, single=True)
-        self._maybe_compact()
+        self._maybe_fold()
         return result
 
     async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
@@ -678,7 +588,7 @@ class PostgresStore(SQLStore):
         seconds (expired leases and missed notifications are found by looking)."""
         if self._pool is not None:
             self._listener.start()
-            self._maybe_compact()
+            self._maybe_fold()
         now = time.monotonic()
         if self._changed or now - self._last_poll >= self.safety_poll:
             self._changed = False

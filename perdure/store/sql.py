@@ -178,8 +178,9 @@ class SQLStore(Store):
         """Run a control call's ``op`` in a transaction and commit it. A ``PerdureError`` it
         raises before writing is raised to the caller and leaves nothing behind."""
 
-    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]]) -> T:
-        """Run a queue's ``op`` (a few statements, atomic); by default like a control call."""
+    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
+        """Run a queue's ``op`` (a few statements, atomic; ``single``: exactly one statement,
+        which needs no transaction block); by default like a control call."""
         return await self._control(op)
 
     # -- plain reads -------------------------------------------------------------------------------
@@ -392,18 +393,19 @@ class SQLStore(Store):
     # -- durable queues ---------------------------------------------------------------------------------
     async def queue_send(self, queue: str, bodies_json: Sequence[str], now: float, delay: float) -> list[int]:
         async def op(tx: Tx) -> list[int]:
-            ids = []
-            for body in bodies_json:
-                row = await tx.one(
-                    "INSERT INTO {s}.perdure_queue_messages (queue, body, attempts, created_at, visible_at)"
-                    " VALUES (%s, %s, 0, %s, %s) RETURNING id",
-                    (queue, body, now, now + delay),
+            ids: list[int] = []
+            for start in range(0, len(bodies_json), 500):  # one statement a chunk (SQLite: < 32,766 values)
+                chunk = bodies_json[start : start + 500]
+                rows = await tx.all(
+                    "INSERT INTO {s}.perdure_queue_messages (queue, body, attempts, created_at, visible_at) VALUES "
+                    + ", ".join(["(%s, %s, 0, %s, %s)"] * len(chunk))
+                    + " RETURNING id",
+                    tuple(value for body in chunk for value in (queue, body, now, now + delay)),
                 )
-                assert row is not None
-                ids.append(int(row[0]))
+                ids += sorted(int(r[0]) for r in rows)  # ids grow in the order of the values
             return ids
 
-        return await self._queue_write(op)
+        return await self._queue_write(op, single=len(bodies_json) <= 500)
 
     async def queue_receive(
         self, queue: str, limit: int, now: float, *, visibility_timeout: float, max_attempts: int, lease: str
@@ -431,15 +433,20 @@ class SQLStore(Store):
         return await self._queue_write(op)
 
     async def queue_ack(self, leased: Sequence[tuple[int, str]]) -> int:
+        by_lease: dict[str, list[int]] = {}
+        for message_id, lease in leased:  # one receive leases its whole batch with one lease
+            by_lease.setdefault(lease, []).append(message_id)
+
         async def op(tx: Tx) -> int:
             acked = 0
-            for message_id, lease in leased:
+            for lease, ids in by_lease.items():
+                names, values = self.dialect.in_list("id", ids)
                 acked += await tx.run(
-                    "DELETE FROM {s}.perdure_queue_messages WHERE id = %s AND lease = %s", (message_id, lease)
+                    f"DELETE FROM {{s}}.perdure_queue_messages WHERE lease = %s AND {names}", (lease, *values)
                 )
             return acked
 
-        return await self._queue_write(op)
+        return await self._queue_write(op, single=len(by_lease) == 1)
 
     async def queue_retry(self, message_id: int, lease: str, visible_at: float, error: str | None) -> bool:
         async def op(tx: Tx) -> bool:
@@ -450,7 +457,7 @@ class SQLStore(Store):
             )
             return changed > 0
 
-        return await self._queue_write(op)
+        return await self._queue_write(op, single=True)
 
     async def queue_dead_letter(self, message_id: int, lease: str, error: str, now: float) -> bool:
         async def op(tx: Tx) -> bool:

@@ -179,7 +179,7 @@ class SQLiteStore(SQLStore):
         result: T = await self._write(lambda conn: run_now(op(_Tx(conn))))  # type: ignore[arg-type]
         return result
 
-    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]]) -> T:
+    async def _queue_write(self, op: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
         # A queue's statements may fail after an earlier one wrote: a savepoint keeps them whole.
         result: T = await self._write(lambda conn: run_now(op(_Tx(conn))), atomic=True)  # type: ignore[arg-type]
         return result

@@ -578,7 +578,7 @@ async def test_a_fold_skips_while_another_holds_the_lock_and_reads_fold_many_del
         release = asyncio.Event()
 
         async def hold_the_lock(conn: Any) -> None:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (store._compact_lock,))
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (store._counts.lock,))
             held.set()
             await release.wait()
 

@@ -1,6 +1,8 @@
-"""The storage interface's own rules: claim order and fencing (every backend)."""
+"""The storage interface's own rules: claim order, fencing and durable queues (every backend)."""
 
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -74,5 +76,43 @@ async def test_an_instance_never_starts_before_it_was_queued(db_url: str) -> Non
         (again,) = await store.claim("w1", 1, now=102.0, lease_until=200.0, workflows=["wf"])
         assert again.started_at == 100.0  # the first start is kept
         assert [h["type"] for h in await store.history(created.pk)].count("WORKFLOW_START") == 1
+    finally:
+        await store.close()
+
+
+async def test_queue_methods_keep_order_leases_and_dead_letters(db_url: str) -> None:
+    store = open_store(db_url)
+    await store.open()
+    try:
+        bodies = [json.dumps({"n": n}) for n in range(1203)]  # more than one statement's chunk
+        ids = await store.queue_send("q", bodies, now=10.0, delay=0.0)
+        assert len(ids) == 1203 and ids == sorted(ids) and len(set(ids)) == 1203
+        (later,) = await store.queue_send("q", ['"late"'], now=10.0, delay=50.0)
+        assert (await store.queue_depths(11.0))["q"].ready == 1203
+        first = await store.queue_receive("q", 1000, 11.0, visibility_timeout=5.0, max_attempts=2, lease="a")
+        second = await store.queue_receive("q", 1000, 11.0, visibility_timeout=5.0, max_attempts=2, lease="b")
+        assert [m.body["n"] for m in first + second] == list(range(1203))  # oldest first, none twice
+        assert {m.attempts for m in first + second} == {1}
+        depth = (await store.queue_depths(11.0))["q"]
+        assert (depth.ready, depth.delayed, depth.in_flight) == (0, 1, 1203)
+        # An ack needs the message's current lease; one call may carry several leases.
+        stale = [(m.id, "not-the-lease") for m in first[:3]]
+        mixed = [(m.id, m.lease) for m in first[:500]] + [(m.id, m.lease) for m in second]
+        assert await store.queue_ack(stale) == 0
+        assert await store.queue_ack(mixed) == 703
+        assert await store.queue_retry(first[500].id, "b", visible_at=12.0, error="x") is False
+        assert await store.queue_retry(first[500].id, "a", visible_at=12.0, error="boom") is True
+        # The others' lease runs out on their second delivery: dead-lettered, not delivered a third time.
+        again = await store.queue_receive("q", 1000, 17.0, visibility_timeout=5.0, max_attempts=2, lease="c")
+        assert len(again) == 500 and {m.attempts for m in again} == {2}
+        # At 23.0 those leases ran out on the last attempt: nothing to deliver (the late one is due at 60.0).
+        assert await store.queue_receive("q", 1000, 23.0, visibility_timeout=5.0, max_attempts=2, lease="d") == []
+        dead = await store.queue_dead_letters("q", 1000)
+        assert len(dead) == 500 and dead[0].id > dead[-1].id  # newest first
+        assert {d.error for d in dead} == {"boom", "the consumer's lease ran out on the last attempt"}
+        assert await store.queue_redrive("q", 30.0) == 500
+        depth = (await store.queue_depths(30.0))["q"]
+        assert (depth.ready, depth.delayed, depth.dead) == (500, 1, 0)
+        assert later not in {m.id for m in first + second + again}
     finally:
         await store.close()
