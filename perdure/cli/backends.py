@@ -1,0 +1,213 @@
+"""Where the ``perdure`` client commands send their calls, and how failures become exit codes.
+
+:class:`HttpBackend` calls the REST API of a running ``perdure serve``; :class:`DbBackend` opens
+the database itself (``--db``) and goes through the same :class:`~perdure.server.operations.Operations`
+the server uses, plus the durable queues, which only it can reach. Both return the JSON
+documents of the REST API. A :class:`CliError` carries the message and the exit code a command
+ends with; :func:`exit_code` picks the code for an engine error.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..server.formatting import iso
+
+if TYPE_CHECKING:
+    from ..triggers.queues import Queue
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+EXIT_FAILURE, EXIT_INPUT, EXIT_NOT_FOUND, EXIT_CONFLICT, EXIT_AUTH = 1, 2, 3, 4, 5
+_CODE_EXITS = {
+    "invalid_json": EXIT_INPUT,
+    "validation_error": EXIT_INPUT,
+    "payload_too_large": EXIT_INPUT,
+    "not_found": EXIT_NOT_FOUND,
+    "workflow_not_found": EXIT_NOT_FOUND,
+    "instance_not_found": EXIT_NOT_FOUND,
+    "step_not_found": EXIT_NOT_FOUND,
+    "instance_exists": EXIT_CONFLICT,
+    "invalid_state": EXIT_CONFLICT,
+    "unauthorized": EXIT_AUTH,
+    "forbidden_origin": EXIT_AUTH,
+}
+
+
+class CliError(Exception):
+    def __init__(self, message: str, exit_code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+class HttpBackend:
+    """Calls the REST API of a running ``perdure serve``."""
+
+    def __init__(self, url: str, token: str | None) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
+
+    async def call(self, method: str, path: str, *, body: Any = None, params: dict[str, Any] | None = None) -> Any:
+        import httpx
+
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        content = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"} if content is not None else {}
+        try:
+            response = await self.client.request(method, path, content=content, params=query, headers=headers)
+        except httpx.HTTPError as exc:
+            raise CliError(
+                f"cannot reach the Perdure server at {self.url} ({type(exc).__name__}): is `perdure serve` running? "
+                "Pass --url, or --db to use a database directly."
+            ) from None
+        try:
+            data = response.json()
+        except ValueError:
+            raise CliError(f"unexpected answer from {self.url}{path}: HTTP {response.status_code}") from None
+        if response.status_code >= 400:
+            error = data.get("error", {}) if isinstance(data, dict) else {}
+            code = str(error.get("code", "error"))
+            raise CliError(str(error.get("message", f"HTTP {response.status_code}")), _CODE_EXITS.get(code, 1))
+        return data
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def workflows(self) -> list[dict[str, Any]]:
+        data = await self.call("GET", "/api/workflows")
+        return list(data["workflows"])
+
+    async def workflow(self, name: str) -> dict[str, Any]:
+        return dict(await self.call("GET", f"/api/workflows/{_seg(name)}"))
+
+    async def trigger(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.call("POST", f"/api/workflows/{_seg(name)}/instances", body=body))
+
+    async def instances(
+        self, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None = None
+    ) -> dict[str, Any]:
+        params = {"status": status, "limit": limit, "cursor": cursor, "id_prefix": id_prefix}
+        return dict(await self.call("GET", f"/api/workflows/{_seg(name)}/instances", params=params))
+
+    async def describe(self, name: str, instance_id: str) -> dict[str, Any]:
+        return dict(await self.call("GET", f"/api/workflows/{_seg(name)}/instances/{_seg(instance_id)}"))
+
+    async def control(self, name: str, instance_id: str, action: str, from_step: dict[str, Any] | None) -> Any:
+        body: dict[str, Any] = {"status": action}
+        if from_step is not None:
+            body["from_step"] = from_step
+        path = f"/api/workflows/{_seg(name)}/instances/{_seg(instance_id)}/status"
+        return await self.call("PATCH", path, body=body)
+
+    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> Any:
+        path = f"/api/workflows/{_seg(name)}/instances/{_seg(instance_id)}/events/{_seg(event_type)}"
+        return await self.call("POST", path, body=payload)
+
+
+def _seg(value: str) -> str:
+    from urllib.parse import quote
+
+    return quote(value, safe="")
+
+
+class DbBackend:
+    """Reads and writes the database directly (no server needed)."""
+
+    def __init__(self, url: str) -> None:
+        from ..engine import Engine
+        from ..errors import ValidationError
+        from ..server.operations import Operations
+
+        if url.startswith("sqlite://"):
+            path = url[len("sqlite://") :]
+            path = path[1:] if path.startswith("/") else path
+            if path and not Path(path).exists():
+                raise CliError(f"no database file at {path!r} (from --db {url})", EXIT_INPUT)
+        try:
+            self.engine = Engine(url)
+        except ValidationError as exc:
+            raise CliError(str(exc), EXIT_INPUT) from None
+        self.ops = Operations(self.engine)
+
+    async def close(self) -> None:
+        await self.engine.stop()
+
+    async def workflows(self) -> list[dict[str, Any]]:
+        return await self.ops.list_workflows()
+
+    async def workflow(self, name: str) -> dict[str, Any]:
+        return await self.ops.describe_workflow(name)
+
+    async def trigger(self, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        created = await self.ops.create(name, body, trigger="api")
+        assert isinstance(created, dict)
+        return created
+
+    async def instances(
+        self, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None = None
+    ) -> dict[str, Any]:
+        return await self.ops.list_instances(name, status=status, limit=limit, cursor=cursor, id_prefix=id_prefix)
+
+    async def describe(self, name: str, instance_id: str) -> dict[str, Any]:
+        return await self.ops.describe(name, instance_id)
+
+    async def control(self, name: str, instance_id: str, action: str, from_step: dict[str, Any] | None) -> Any:
+        return await self.ops.control(name, instance_id, action, from_step=from_step)
+
+    async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> Any:
+        return await self.ops.send_event(name, instance_id, event_type, payload)
+
+    async def _queue(self, name: str) -> Queue:
+        from ..triggers.queues import Queue
+
+        return Queue(self.engine, name)  # checks the name
+
+    async def queues(self) -> list[dict[str, Any]]:
+        from ..triggers.queues import queue_names
+
+        return [{"name": name, **await (await self._queue(name)).stats()} for name in await queue_names(self.engine)]
+
+    async def queue_send(self, name: str, body: Any, delay: float) -> dict[str, Any]:
+        queue = await self._queue(name)
+        return {"queue": name, "id": await queue.send(body, delay=delay), "delay": delay}
+
+    async def queue_dead(self, name: str, limit: int) -> dict[str, Any]:
+
+        letters = await (await self._queue(name)).dead_letters(limit)
+        return {"queue": name, "dead_letters": [{**d, "failed_at": iso(d["failed_at"])} for d in letters]}
+
+    async def queue_redrive(self, name: str) -> dict[str, Any]:
+        return {"queue": name, "redriven": await (await self._queue(name)).redrive()}
+
+
+Backend = HttpBackend | DbBackend
+
+
+def db_only(backend: Backend) -> DbBackend:
+    if not isinstance(backend, DbBackend):
+        raise CliError(
+            "`perdure queues` needs --db URL (or PERDURE_DB): the REST API has no queue endpoints", EXIT_INPUT
+        )
+    return backend
+
+
+def exit_code(exc: Exception) -> int:
+    from ..errors import (
+        InstanceAlreadyExistsError,
+        InstanceNotFoundError,
+        InvalidStateError,
+        WorkflowNotFoundError,
+    )
+    from ..server.operations import StepNotFoundError
+
+    if isinstance(exc, (InstanceNotFoundError, WorkflowNotFoundError, StepNotFoundError)):
+        return EXIT_NOT_FOUND
+    if isinstance(exc, (InstanceAlreadyExistsError, InvalidStateError)):
+        return EXIT_CONFLICT
+    if isinstance(exc, ValueError):
+        return EXIT_INPUT
+    return EXIT_FAILURE

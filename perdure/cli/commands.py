@@ -1,0 +1,419 @@
+"""The ``perdure`` click commands: the option plumbing and every command.
+
+``main`` is the group; ``workflows``, ``instances`` and ``queues`` are client commands that run
+against a :mod:`~perdure.cli.backends` backend (a server over HTTP, or ``--db``) and print through
+:mod:`~perdure.cli.render` (or as JSON); ``serve``, ``dev`` and ``worker`` load an application's
+engine and run it. :func:`_run` turns every error into one line on stderr and an exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import math
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.markup import escape
+
+from ..records import STATUSES
+from .backends import (
+    DEFAULT_URL,
+    EXIT_FAILURE,
+    EXIT_INPUT,
+    Backend,
+    CliError,
+    DbBackend,
+    HttpBackend,
+    db_only,
+    exit_code,
+)
+from .render import render_dead, render_instance, render_instances, render_queues, render_workflow, render_workflows
+
+T = TypeVar("T")
+
+
+def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]]) -> T:
+    """Open the backend the options name, run ``action``, turn errors into exits."""
+    from ..errors import PerdureError
+
+    options = ctx.obj
+
+    async def main() -> T:
+        backend: Backend
+        if options.get("db"):
+            backend = DbBackend(options["db"])
+        else:
+            backend = HttpBackend(options.get("url") or DEFAULT_URL, options.get("token"))
+        try:
+            return await action(backend)
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(main())
+    except CliError as exc:
+        _fail(str(exc), exc.exit_code)
+    except (PerdureError, ValueError) as exc:
+        _fail(str(exc), exit_code(exc))
+    except Exception as exc:  # a database that cannot be opened or reached, and the like
+        _fail(f"{type(exc).__name__}: {exc}".strip(), EXIT_FAILURE)
+    raise AssertionError("unreachable")
+
+
+def _fail(message: str, code: int) -> None:
+    Console(stderr=True).print(f"[bold red]✘[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def _emit(ctx: click.Context, data: Any, render: Callable[[Console, Any], None]) -> None:
+    if ctx.obj.get("json"):
+        click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    else:
+        render(Console(highlight=False, soft_wrap=True), data)
+
+
+def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--url``, ``--db``, ``--token`` and ``--json`` on a command (also accepted before it)."""
+
+    @click.option("--url", help="server URL (env PERDURE_URL; default http://127.0.0.1:8080)")
+    @click.option("--db", help="use this database directly instead of a server (env PERDURE_DB)")
+    @click.option("--token", help="bearer token for the server (env PERDURE_TOKEN)")
+    @click.option("--json", "as_json", is_flag=True, default=None, help="print JSON")
+    @click.pass_context
+    def wrapper(
+        ctx: click.Context, /, url: str | None, db: str | None, token: str | None, as_json: bool | None, **kw: Any
+    ) -> Any:
+        for key, value in (("url", url), ("db", db), ("token", token), ("json", as_json)):
+            if value is not None:
+                ctx.obj[key] = value
+        if ctx.obj.get("url") and ctx.obj.get("db"):
+            _fail("pass either --url or --db, not both", EXIT_INPUT)
+        return ctx.invoke(fn, **kw)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _parse_json(text: str | None, what: str) -> Any:
+    if text is None or text == "":
+        return None
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        _fail(f"{what} is not valid JSON: {exc}", EXIT_INPUT)
+    return None
+
+
+# -- commands -----------------------------------------------------------------------------------
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--url", envvar="PERDURE_URL", help="server URL (default http://127.0.0.1:8080)")
+@click.option("--db", envvar="PERDURE_DB", help="use this database directly instead of a server")
+@click.option("--token", envvar="PERDURE_TOKEN", help="bearer token for the server")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.version_option(package_name="perdure")
+@click.pass_context
+def main(ctx: click.Context, url: str | None, db: str | None, token: str | None, as_json: bool) -> None:
+    """Perdure: durable workflows. Inspect and control them, or serve them."""
+    ctx.ensure_object(dict)
+    ctx.obj.update(url=url, db=db, token=token, json=as_json)
+
+
+@main.group()
+def workflows() -> None:
+    """List, describe and trigger workflows."""
+
+
+@workflows.command("list")
+@client_options
+@click.pass_context
+def workflows_list(ctx: click.Context) -> None:
+    """Workflows and their instance counts."""
+    data = _run(ctx, lambda b: b.workflows())
+    _emit(ctx, {"workflows": data} if ctx.obj.get("json") else data, render_workflows)
+
+
+@workflows.command("describe")
+@click.argument("name")
+@client_options
+@click.pass_context
+def workflows_describe(ctx: click.Context, name: str) -> None:
+    """One workflow."""
+    _emit(ctx, _run(ctx, lambda b: b.workflow(name)), render_workflow)
+
+
+@workflows.command("trigger")
+@click.argument("name")
+@click.argument("params", required=False)
+@click.option("--id", "instance_id", help="instance id (default: a random UUID)")
+@client_options
+@click.pass_context
+def workflows_trigger(ctx: click.Context, name: str, params: str | None, instance_id: str | None) -> None:
+    """Create an instance of NAME with PARAMS (a JSON document)."""
+    body: dict[str, Any] = {}
+    if params:
+        body["params"] = _parse_json(params, "PARAMS")
+    if instance_id is not None:
+        body["id"] = instance_id
+    created = _run(ctx, lambda b: b.trigger(name, body))
+    _emit(ctx, created, lambda c, d: c.print(f'🚀 Workflow instance "{d["id"]}" has been queued successfully'))
+
+
+@main.group()
+def instances() -> None:
+    """List, describe and control instances."""
+
+
+@instances.command("list")
+@click.argument("name")
+@click.option("--status", type=click.Choice(STATUSES), help="only instances with this status")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@click.option("--cursor", help="continue from a previous page")
+@click.option("--id-prefix", help="only instances whose id starts with this")
+@client_options
+@click.pass_context
+def instances_list(
+    ctx: click.Context, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None
+) -> None:
+    """Instances of NAME, newest first."""
+    _emit(ctx, _run(ctx, lambda b: b.instances(name, status, limit, cursor, id_prefix)), render_instances)
+
+
+@instances.command("describe")
+@click.argument("name")
+@click.argument("instance_id", default="latest", metavar="[ID|latest]")
+@click.option("--step-output/--no-step-output", default=True, show_default=True, help="show step outputs")
+@click.option("--truncate-output-limit", type=click.IntRange(1), default=5000, show_default=True)
+@client_options
+@click.pass_context
+def instances_describe(
+    ctx: click.Context, name: str, instance_id: str, step_output: bool, truncate_output_limit: int
+) -> None:
+    """One instance's status and step timeline (ID defaults to the latest)."""
+    detail = _run(ctx, lambda b: b.describe(name, instance_id))
+    _emit(ctx, detail, lambda c, d: render_instance(c, d, step_output=step_output, limit=truncate_output_limit))
+
+
+def _control_command(action: str, help_text: str) -> click.Command:
+    @click.argument("name")
+    @click.argument("instance_id", metavar="ID")
+    @client_options
+    @click.pass_context
+    def command(ctx: click.Context, /, name: str, instance_id: str, **kw: Any) -> None:
+        from_step = None
+        if kw.get("from_step_name"):
+            from_step = {"name": kw["from_step_name"], "count": kw["from_step_count"], "type": kw["from_step_type"]}
+        summary = _run(ctx, lambda b: b.control(name, instance_id, action, from_step))
+        past = {"pause": "paused", "resume": "resumed", "terminate": "terminated", "restart": "restarted"}[action]
+        _emit(ctx, summary, lambda c, d: c.print(f'Instance "{d["id"]}" {past}: now {d["status"]}'))
+
+    command.__doc__ = help_text
+    if action == "restart":
+        command = click.option("--from-step-type", type=click.Choice(["do", "sleep", "waitForEvent"]), default="do")(
+            command
+        )
+        command = click.option("--from-step-count", type=click.IntRange(1), default=1)(command)
+        command = click.option("--from-step-name", help="keep the results of the steps before this one")(command)
+    return instances.command(action)(command)
+
+
+_control_command("pause", "Pause an instance (after its in-flight step).")
+_control_command("resume", "Resume a paused instance.")
+_control_command("terminate", "Terminate an instance for good.")
+_control_command("restart", "Run an instance again from the start (or from a step).")
+
+
+@instances.command("send-event")
+@click.argument("name")
+@click.argument("instance_id", metavar="ID")
+@click.option("--type", "event_type", required=True, help="event type (what wait_for_event waits for)")
+@click.option("--payload", default="{}", show_default=True, help="JSON payload")
+@client_options
+@click.pass_context
+def instances_send_event(ctx: click.Context, name: str, instance_id: str, event_type: str, payload: str) -> None:
+    """Send an event to an instance."""
+    value = _parse_json(payload, "--payload")
+    sent = _run(ctx, lambda b: b.send_event(name, instance_id, event_type, value))
+    _emit(ctx, sent, lambda c, d: c.print(f'📩 Event "{d["type"]}" sent to instance "{d["id"]}"'))
+
+
+@main.group()
+def queues() -> None:
+    """Inspect durable queues (perdure.triggers.queues), send to them, redrive dead letters. Needs --db.
+
+    A queue exists while it holds messages or dead letters: a NAME never used reads as empty."""
+
+
+@queues.command("list")
+@client_options
+@click.pass_context
+def queues_list(ctx: click.Context) -> None:
+    """Queues with their message counts by state.
+
+    Ready, delayed, in flight (leased by a consumer), dead, and the age of the oldest message
+    not yet acknowledged."""
+    data = _run(ctx, lambda b: db_only(b).queues())
+    _emit(ctx, {"queues": data} if ctx.obj.get("json") else data, render_queues)
+
+
+@queues.command("send")
+@click.argument("name")
+@click.argument("body", metavar="BODY_JSON")
+@click.option("--delay", type=click.FloatRange(0), default=0.0, help="seconds before it can be received")
+@client_options
+@click.pass_context
+def queues_send(ctx: click.Context, name: str, body: str, delay: float) -> None:
+    """Send one message to queue NAME.
+
+    BODY_JSON is any JSON value up to 1 MiB."""
+    if not math.isfinite(delay):
+        _fail(f"--delay must be a finite number of seconds, got {delay}", EXIT_INPUT)
+    if not body.strip():
+        _fail("BODY_JSON is empty: pass a JSON value, e.g. '{\"n\": 1}' or 'null'", EXIT_INPUT)
+    value = _parse_json(body, "BODY_JSON")
+    sent = _run(ctx, lambda b: db_only(b).queue_send(name, value, delay))
+    later = f" (receivable in {sent['delay']:g} s)" if sent["delay"] else ""
+    _emit(ctx, sent, lambda c, d: c.print(f'📬 Message "{d["id"]}" sent to queue "{escape(d["queue"])}"{later}'))
+
+
+@queues.command("dead")
+@click.argument("name")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+@client_options
+@click.pass_context
+def queues_dead(ctx: click.Context, name: str, limit: int) -> None:
+    """The newest dead letters of queue NAME.
+
+    A queue never used reads as empty (it is not an error)."""
+    _emit(ctx, _run(ctx, lambda b: db_only(b).queue_dead(name, limit)), render_dead)
+
+
+@queues.command("redrive")
+@click.argument("name")
+@client_options
+@click.pass_context
+def queues_redrive(ctx: click.Context, name: str) -> None:
+    """Move the dead letters of queue NAME back to ready.
+
+    Their attempts start again from 0. Prints how many moved (0 for a queue never used)."""
+    moved = _run(ctx, lambda b: db_only(b).queue_redrive(name))
+    _emit(
+        ctx, moved, lambda c, d: c.print(f'Moved {d["redriven"]} dead letter(s) back to queue "{escape(d["queue"])}"')
+    )
+
+
+# -- servers ------------------------------------------------------------------------------------
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _load(app_spec: str) -> Any:
+    from .app_loader import AppLoadError, load_engine
+
+    try:
+        return load_engine(app_spec)
+    except AppLoadError as exc:
+        _fail(str(exc), EXIT_INPUT)
+
+
+def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worker: bool, log_level: str) -> None:
+    if not token and not is_loopback(host):
+        _fail(
+            f"refusing to listen on {host} without a token: anyone who can reach it could control your workflows. "
+            "Pass --token (or set PERDURE_TOKEN), or bind 127.0.0.1.",
+            EXIT_INPUT,
+        )
+    if token is not None and len(token) < 8:
+        _fail("the token must be at least 8 characters long", EXIT_INPUT)
+    import uvicorn
+
+    from ..server.api import create_app
+
+    engine = _load(app_spec)
+    allowed = LOOPBACK_NAMES if not token and is_loopback(host) else None
+    app = create_app(engine, token=token, allowed_hosts=allowed)
+
+    async def main() -> None:
+        await engine.ensure_store()
+        if with_worker:
+            await engine.start()
+        try:
+            config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
+            server = uvicorn.Server(config)
+            shown = f"[{host}]" if ":" in host else host
+            click.echo(
+                f"Perdure {'dev server' if with_worker else 'API'} on http://{shown}:{port}  "
+                f"(dashboard /dashboard/, API /api, OpenAPI /openapi.json, metrics /metrics)"
+                + ("; workers running" if with_worker else ""),
+                err=True,
+            )
+            await server.serve()
+        finally:
+            await engine.stop()
+
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    except OSError as exc:
+        _fail(f"cannot serve on {host}:{port}: {exc}", EXIT_FAILURE)
+
+
+_SERVER_OPTIONS = [
+    click.option("--host", default="127.0.0.1", show_default=True, help="address to bind"),
+    click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
+    click.option("--token", "server_token", envvar="PERDURE_TOKEN", help="require this bearer token"),
+    click.option(
+        "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
+    ),
+]
+
+
+def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for option in reversed(_SERVER_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+@main.command()
+@click.argument("app", metavar="APP")
+@_server_options
+def serve(app: str, host: str, port: int, server_token: str | None, log_level: str) -> None:
+    """Serve the REST API, dashboard and metrics for APP (module:attribute naming an Engine).
+
+    Binds 127.0.0.1 by default; any other address needs --token (or PERDURE_TOKEN)."""
+    _serve(app, host, port, server_token, with_worker=False, log_level=log_level)
+
+
+@main.command()
+@click.argument("app", metavar="APP")
+@_server_options
+def dev(app: str, host: str, port: int, server_token: str | None, log_level: str) -> None:
+    """API server, dashboard and a worker for APP in one process (local development)."""
+    _serve(app, host, port, server_token, with_worker=True, log_level=log_level)
+
+
+@main.command()
+@click.argument("app", metavar="APP")
+def worker(app: str) -> None:
+    """Run a worker process for APP (module:attribute naming an Engine)."""
+    from .app_loader import AppLoadError
+    from .worker import run_worker
+
+    try:
+        run_worker(app)
+    except AppLoadError as exc:
+        _fail(str(exc), EXIT_INPUT)
