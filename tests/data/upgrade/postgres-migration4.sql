@@ -388,33 +388,33 @@ ALTER TABLE ONLY perdure_upgrade_fixture.steps ALTER COLUMN seq SET DEFAULT next
 -- Data for Name: events; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.events VALUES (1, 5, 'gift-note', '{"note":"Alles Gute! 🎁","from":["Åsa","Jürgen"]}', 1796285798.2334993, NULL);
+INSERT INTO perdure_upgrade_fixture.events VALUES (1, 5, 'gift-note', '{"note":"Alles Gute! 🎁","from":["Åsa","Jürgen"]}', 1796308941.3295944, NULL);
 
 
 --
 -- Data for Name: history; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.history VALUES (1, 1, 'WORKFLOW_QUEUED', 1796285798.079036, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (2, 2, 'WORKFLOW_QUEUED', 1796285798.079036, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (3, 3, 'WORKFLOW_QUEUED', 1796285798.0883892, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (4, 1, 'WORKFLOW_START', 1796285798.0809639, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (5, 2, 'WORKFLOW_START', 1796285798.0809639, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (6, 3, 'WORKFLOW_START', 1796285798.0883892, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (7, 4, 'WORKFLOW_QUEUED', 1796285798.0975237, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (8, 5, 'WORKFLOW_QUEUED', 1796285798.1003964, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (9, 6, 'WORKFLOW_QUEUED', 1796285798.106109, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (10, 7, 'WORKFLOW_QUEUED', 1796285798.113049, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (11, 4, 'WORKFLOW_START', 1796285798.1110077, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (12, 5, 'WORKFLOW_START', 1796285798.1110077, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (13, 6, 'WORKFLOW_START', 1796285798.1110077, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (14, 7, 'WORKFLOW_START', 1796285798.113049, NULL);
-INSERT INTO perdure_upgrade_fixture.history VALUES (15, 8, 'WORKFLOW_QUEUED', 1796285798.137263, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (16, 9, 'WORKFLOW_QUEUED', 1796285798.137263, '{"trigger":"binding"}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (17, 3, 'WORKFLOW_FAILURE', 1796285798.1465793, '{"error":{"name":"NonRetryableError","message":"card declined for order 3"}}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (18, 1, 'WORKFLOW_SUCCESS', 1796285798.1625357, '{"output":{"order":1,"amount":12.75,"tracking":"tracking-0001-\u00dcn\u00efc\u00f8d\u00e9-\u2708","items":[{"sku":"SKU-1","qty":1}]}}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (19, 2, 'WORKFLOW_SUCCESS', 1796285798.1703615, '{"output":{"order":2,"amount":25.25,"tracking":"tracking-0002-\u00dcn\u00efc\u00f8d\u00e9-\u2708","items":[{"sku":"SKU-2","qty":2}]}}');
-INSERT INTO perdure_upgrade_fixture.history VALUES (20, 7, 'WORKFLOW_TERMINATED', 1796285798.25455, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (1, 1, 'WORKFLOW_QUEUED', 1796308941.1921265, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (2, 2, 'WORKFLOW_QUEUED', 1796308941.1921265, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (3, 3, 'WORKFLOW_QUEUED', 1796308941.197018, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (4, 4, 'WORKFLOW_QUEUED', 1796308941.2040436, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (5, 1, 'WORKFLOW_START', 1796308941.1925898, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (6, 2, 'WORKFLOW_START', 1796308941.1925898, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (7, 3, 'WORKFLOW_START', 1796308941.197018, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (8, 5, 'WORKFLOW_QUEUED', 1796308941.2141292, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (9, 6, 'WORKFLOW_QUEUED', 1796308941.218779, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (10, 7, 'WORKFLOW_QUEUED', 1796308941.2257876, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (11, 4, 'WORKFLOW_START', 1796308941.222816, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (12, 5, 'WORKFLOW_START', 1796308941.222816, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (13, 6, 'WORKFLOW_START', 1796308941.222816, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (14, 7, 'WORKFLOW_START', 1796308941.2257876, NULL);
+INSERT INTO perdure_upgrade_fixture.history VALUES (15, 8, 'WORKFLOW_QUEUED', 1796308941.2464535, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (16, 9, 'WORKFLOW_QUEUED', 1796308941.2464535, '{"trigger":"binding"}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (17, 3, 'WORKFLOW_FAILURE', 1796308941.2500248, '{"error":{"name":"NonRetryableError","message":"card declined for order 3"}}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (18, 1, 'WORKFLOW_SUCCESS', 1796308941.2558477, '{"output":{"order":1,"amount":12.75,"tracking":"tracking-0001-\u00dcn\u00efc\u00f8d\u00e9-\u2708","items":[{"sku":"SKU-1","qty":1}]}}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (19, 2, 'WORKFLOW_SUCCESS', 1796308941.2558935, '{"output":{"order":2,"amount":25.25,"tracking":"tracking-0002-\u00dcn\u00efc\u00f8d\u00e9-\u2708","items":[{"sku":"SKU-2","qty":2}]}}');
+INSERT INTO perdure_upgrade_fixture.history VALUES (20, 7, 'WORKFLOW_TERMINATED', 1796308941.352323, NULL);
 
 
 --
@@ -441,9 +441,9 @@ INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('greet', 'queu
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('greet', 'running', 1);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('greet', 'queued', -1);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('greet', 'running', 1);
-INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('report', 'queued', 2);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('orders', 'running', -1);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('orders', 'errored', 1);
+INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('report', 'queued', 2);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('orders', 'running', -1);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('orders', 'complete', 1);
 INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('orders', 'running', -1);
@@ -472,74 +472,74 @@ INSERT INTO perdure_upgrade_fixture.instance_count_deltas VALUES ('greet', 'term
 -- Data for Name: instances; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.instances VALUES (8, 'report', 'report-1', 'queued', '{"month":"2025-01"}', 'binding', NULL, 1796285798.137263, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, 0, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (9, 'report', 'report-2', 'queued', '{"month":"2025-02"}', 'binding', NULL, 1796285798.137263, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, 0, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (3, 'orders', 'order-declined', 'errored', '{"order":3,"mode":"decline"}', 'binding', NULL, 1796285798.0883892, 1796285798.0883892, 1796285798.1465793, NULL, '{"name":"NonRetryableError","message":"card declined for order 3"}', NULL, NULL, false, NULL, 1, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (1, 'orders', 'order-1', 'complete', '{"order":1,"mode":"complete"}', 'binding', NULL, 1796285798.079036, 1796285798.0809639, 1796285798.1625357, '{"order":1,"amount":12.75,"tracking":"tracking-0001-Ünïcødé-✈","items":[{"sku":"SKU-1","qty":1}]}', NULL, NULL, NULL, false, NULL, 1, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (2, 'orders', 'order-2', 'complete', '{"order":2,"mode":"complete","note":"Grüße 🚀"}', 'binding', NULL, 1796285798.079036, 1796285798.0809639, 1796285798.1703615, '{"order":2,"amount":25.25,"tracking":"tracking-0002-Ünïcødé-✈","items":[{"sku":"SKU-2","qty":2}]}', NULL, NULL, NULL, false, NULL, 1, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (4, 'orders', 'order-cooling', 'waiting', '{"order":4,"mode":"cool-down"}', 'binding', NULL, 1796285798.0975237, 1796285798.1110077, NULL, NULL, NULL, 1796289398.1626253, NULL, false, NULL, 1, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (5, 'orders', 'order-approval', 'waiting', '{"order":5,"mode":"approval"}', 'binding', NULL, 1796285798.1003964, 1796285798.1110077, NULL, NULL, NULL, 1798877798.1626744, 'approval', true, NULL, 1, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (6, 'greet', 'greet-paused', 'paused', '{"name":"Zoë"}', 'binding', NULL, 1796285798.106109, 1796285798.1110077, NULL, NULL, NULL, 1798877798.1627362, 'go', false, 1796285798.242504, 1, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.instances VALUES (7, 'greet', 'greet-terminated', 'terminated', '{"name":"Renée"}', 'binding', NULL, 1796285798.113049, 1796285798.113049, 1796285798.25455, NULL, NULL, NULL, NULL, false, NULL, 2, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (8, 'report', 'report-1', 'queued', '{"month":"2025-01"}', 'binding', NULL, 1796308941.2464535, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, 0, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (9, 'report', 'report-2', 'queued', '{"month":"2025-02"}', 'binding', NULL, 1796308941.2464535, NULL, NULL, NULL, NULL, NULL, NULL, false, NULL, 0, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (3, 'orders', 'order-declined', 'errored', '{"order":3,"mode":"decline"}', 'binding', NULL, 1796308941.197018, 1796308941.197018, 1796308941.2500248, NULL, '{"name":"NonRetryableError","message":"card declined for order 3"}', NULL, NULL, false, NULL, 1, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (1, 'orders', 'order-1', 'complete', '{"order":1,"mode":"complete"}', 'binding', NULL, 1796308941.1921265, 1796308941.1925898, 1796308941.2558477, '{"order":1,"amount":12.75,"tracking":"tracking-0001-Ünïcødé-✈","items":[{"sku":"SKU-1","qty":1}]}', NULL, NULL, NULL, false, NULL, 1, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (2, 'orders', 'order-2', 'complete', '{"order":2,"mode":"complete","note":"Grüße 🚀"}', 'binding', NULL, 1796308941.1921265, 1796308941.1925898, 1796308941.2558935, '{"order":2,"amount":25.25,"tracking":"tracking-0002-Ünïcødé-✈","items":[{"sku":"SKU-2","qty":2}]}', NULL, NULL, NULL, false, NULL, 1, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (4, 'orders', 'order-cooling', 'waiting', '{"order":4,"mode":"cool-down"}', 'binding', NULL, 1796308941.2040436, 1796308941.222816, NULL, NULL, NULL, 1796312541.2502818, NULL, false, NULL, 1, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (5, 'orders', 'order-approval', 'waiting', '{"order":5,"mode":"approval"}', 'binding', NULL, 1796308941.2141292, 1796308941.222816, NULL, NULL, NULL, 1798900941.250327, 'approval', true, NULL, 1, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (6, 'greet', 'greet-paused', 'paused', '{"name":"Zoë"}', 'binding', NULL, 1796308941.218779, 1796308941.222816, NULL, NULL, NULL, 1798900941.25036, 'go', false, 1796308941.3382146, 1, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.instances VALUES (7, 'greet', 'greet-terminated', 'terminated', '{"name":"Renée"}', 'binding', NULL, 1796308941.2257876, 1796308941.2257876, 1796308941.352323, NULL, NULL, NULL, NULL, false, NULL, 2, NULL, NULL);
 
 
 --
 -- Data for Name: perdure_queue_dead; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.perdure_queue_dead VALUES (1, 'mail', 6, '{"to":"bounce@example.com","subject":"Ça va?"}', 1, 1796285798.3020911, 1796285798.3100128, '550 5.1.1 mailbox unavailable');
+INSERT INTO perdure_upgrade_fixture.perdure_queue_dead VALUES (1, 'mail', 6, '{"to":"bounce@example.com","subject":"Ça va?"}', 1, 1796308941.393475, 1796308941.3974845, '550 5.1.1 mailbox unavailable');
 
 
 --
 -- Data for Name: perdure_queue_messages; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (1, 'jobs', '{"job":"in-flight","attempt":"first","payload":{"a":[1,2,{"b":null}]}}', 1, 1796285798.271037, 1827821798.2911475, '3c57fac4b57d40c6b83263391319663e', NULL);
-INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (2, 'jobs', '{"job":"resize","image":{"id":7,"sizes":[64,128,256]},"tags":["thumb","web"]}', 0, 1796285798.2970748, 1796285798.2970748, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (3, 'jobs', '"Grüße aus Köln — 東京 — مرحبا 🚀"', 0, 1796285798.2970748, 1796285798.2970748, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (4, 'jobs', '[1,2.5,null,true,{"deep":{"deeper":{"deepest":"ünïcødé"}}}]', 0, 1796285798.2970748, 1796285798.2970748, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (5, 'jobs', '{"job":"later","at":"in an hour"}', 0, 1796285798.299778, 1796289398.299778, NULL, NULL);
-INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (7, 'mail', '{"to":"ok@example.com","n":2}', 0, 1796285798.3020911, 1796285798.3020911, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (1, 'jobs', '{"job":"in-flight","attempt":"first","payload":{"a":[1,2,{"b":null}]}}', 1, 1796308941.3666282, 1827844941.3864646, 'deeaf0ac163c4b3d94ee2637d70e0569', NULL);
+INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (2, 'jobs', '{"job":"resize","image":{"id":7,"sizes":[64,128,256]},"tags":["thumb","web"]}', 0, 1796308941.3901432, 1796308941.3901432, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (3, 'jobs', '"Grüße aus Köln — 東京 — مرحبا 🚀"', 0, 1796308941.3901432, 1796308941.3901432, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (4, 'jobs', '[1,2.5,null,true,{"deep":{"deeper":{"deepest":"ünïcødé"}}}]', 0, 1796308941.3901432, 1796308941.3901432, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (5, 'jobs', '{"job":"later","at":"in an hour"}', 0, 1796308941.3922286, 1796312541.3922286, NULL, NULL);
+INSERT INTO perdure_upgrade_fixture.perdure_queue_messages VALUES (7, 'mail', '{"to":"ok@example.com","n":2}', 0, 1796308941.393475, 1796308941.393475, NULL, NULL);
 
 
 --
 -- Data for Name: schema_migrations; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (1, 'instances, steps, events, history', 1796285798.031812);
-INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (2, 'workflows registered by engines', 1796285798.0360959);
-INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (3, 'index for instance id prefix search', 1796285798.0389163);
-INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (4, 'instance counts by workflow and status, kept by triggers', 1796285798.0550022);
+INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (1, 'instances, steps, events, history', 1796308941.1495872);
+INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (2, 'workflows registered by engines', 1796308941.1561234);
+INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (3, 'index for instance id prefix search', 1796308941.1579366);
+INSERT INTO perdure_upgrade_fixture.schema_migrations VALUES (4, 'instance counts by workflow and status, kept by triggers', 1796308941.1721263);
 
 
 --
 -- Data for Name: steps; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.steps VALUES (1, 1, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.108679,"end":1796285798.1088336,"error":null}]', '{"order":1,"valid":true,"items":[{"sku":"SKU-1","qty":1}]}', NULL, 1796285798.1086612, 1796285798.1088336, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (2, 2, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1096034,"end":1796285798.1096728,"error":null}]', '{"order":2,"valid":true,"items":[{"sku":"SKU-2","qty":2}]}', NULL, 1796285798.1095905, 1796285798.1096728, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (3, 3, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1106951,"end":1796285798.1108062,"error":null}]', '{"order":3,"valid":true,"items":[{"sku":"SKU-3","qty":3}]}', NULL, 1796285798.1106837, 1796285798.1108062, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (4, 1, 'do', 'charge', 1, 'complete', '{"retries":{"limit":0,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.112551,"end":1796285798.1126242,"error":null}]', '12.75', NULL, 1796285798.1125405, 1796285798.1126242, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (5, 2, 'do', 'charge', 1, 'complete', '{"retries":{"limit":0,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1219554,"end":1796285798.1220424,"error":null}]', '25.25', NULL, 1796285798.1219423, 1796285798.1220424, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (6, 3, 'do', 'charge', 1, 'failed', '{"retries":{"limit":0,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.122135,"end":1796285798.1221945,"error":{"name":"NonRetryableError","message":"card declined for order 3","module":"perdure.errors","qualname":"NonRetryableError"}}]', NULL, '{"name":"NonRetryableError","message":"card declined for order 3","module":"perdure.errors","qualname":"NonRetryableError"}', 1796285798.1221275, 1796285798.1221945, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (7, 1, 'do', 'ship', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.128555,"end":1796285798.128635,"error":null}]', '"tracking-0001-Ünïcødé-✈"', NULL, 1796285798.128542, 1796285798.128635, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (8, 4, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1304264,"end":1796285798.130485,"error":null}]', '{"order":4,"valid":true,"items":[{"sku":"SKU-4","qty":4}]}', NULL, 1796285798.1304142, 1796285798.130485, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (9, 5, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1313314,"end":1796285798.1313818,"error":null}]', '{"order":5,"valid":true,"items":[{"sku":"SKU-5","qty":5}]}', NULL, 1796285798.1313214, 1796285798.1313818, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (10, 7, 'do', 'compose', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.133725,"end":1796285798.1337776,"error":null}]', '"Hallo, Renée!"', NULL, 1796285798.1337142, 1796285798.1337776, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (11, 6, 'do', 'compose', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1339457,"end":1796285798.1339874,"error":null}]', '"Hallo, Zoë!"', NULL, 1796285798.1339376, 1796285798.1339874, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (12, 2, 'do', 'ship', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796285798.1463938,"end":1796285798.1464877,"error":null}]', '"tracking-0002-Ünïcødé-✈"', NULL, 1796285798.1463797, 1796285798.1464877, NULL);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (13, 4, 'sleep', 'cool-down', 1, 'waiting', '{"duration":3600.0}', '[]', NULL, NULL, 1796285798.1626253, NULL, 1796289398.1626253);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (14, 5, 'waitForEvent', 'approval', 1, 'waiting', '{"type":"approval","timeout":2592000.0}', '[]', NULL, NULL, 1796285798.1626744, NULL, 1798877798.1626744);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (15, 7, 'waitForEvent', 'go-ahead', 1, 'waiting', '{"type":"go","timeout":2592000.0}', '[]', NULL, NULL, 1796285798.1627107, NULL, 1798877798.1627107);
-INSERT INTO perdure_upgrade_fixture.steps VALUES (16, 6, 'waitForEvent', 'go-ahead', 1, 'waiting', '{"type":"go","timeout":2592000.0}', '[]', NULL, NULL, 1796285798.1627362, NULL, 1798877798.1627362);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (1, 1, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.220339,"end":1796308941.220427,"error":null}]', '{"order":1,"valid":true,"items":[{"sku":"SKU-1","qty":1}]}', NULL, 1796308941.220324, 1796308941.220427, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (2, 2, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2206533,"end":1796308941.2207093,"error":null}]', '{"order":2,"valid":true,"items":[{"sku":"SKU-2","qty":2}]}', NULL, 1796308941.2206428, 1796308941.2207093, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (3, 3, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.222531,"end":1796308941.2225974,"error":null}]', '{"order":3,"valid":true,"items":[{"sku":"SKU-3","qty":3}]}', NULL, 1796308941.2225204, 1796308941.2225974, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (4, 1, 'do', 'charge', 1, 'complete', '{"retries":{"limit":0,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2296488,"end":1796308941.2297149,"error":null}]', '12.75', NULL, 1796308941.22964, 1796308941.2297149, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (5, 2, 'do', 'charge', 1, 'complete', '{"retries":{"limit":0,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2297904,"end":1796308941.2298317,"error":null}]', '25.25', NULL, 1796308941.229784, 1796308941.2298317, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (6, 3, 'do', 'charge', 1, 'failed', '{"retries":{"limit":0,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2340577,"end":1796308941.2341328,"error":{"name":"NonRetryableError","message":"card declined for order 3","module":"perdure.errors","qualname":"NonRetryableError"}}]', NULL, '{"name":"NonRetryableError","message":"card declined for order 3","module":"perdure.errors","qualname":"NonRetryableError"}', 1796308941.234048, 1796308941.2341328, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (7, 4, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.238496,"end":1796308941.2385497,"error":null}]', '{"order":4,"valid":true,"items":[{"sku":"SKU-4","qty":4}]}', NULL, 1796308941.2384865, 1796308941.2385497, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (8, 5, 'do', 'validate', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.238765,"end":1796308941.238816,"error":null}]', '{"order":5,"valid":true,"items":[{"sku":"SKU-5","qty":5}]}', NULL, 1796308941.2387564, 1796308941.238816, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (9, 6, 'do', 'compose', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2408082,"end":1796308941.2408638,"error":null}]', '"Hallo, Zoë!"', NULL, 1796308941.2407997, 1796308941.2408638, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (10, 1, 'do', 'ship', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.241555,"end":1796308941.241606,"error":null}]', '"tracking-0001-Ünïcødé-✈"', NULL, 1796308941.241547, 1796308941.241606, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (11, 2, 'do', 'ship', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2416575,"end":1796308941.2416966,"error":null}]', '"tracking-0002-Ünïcødé-✈"', NULL, 1796308941.2416518, 1796308941.2416966, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (12, 7, 'do', 'compose', 1, 'complete', '{"retries":{"limit":5,"delay":"10 seconds","backoff":"exponential"},"timeout":"10 minutes"}', '[{"start":1796308941.2414129,"end":1796308941.2414725,"error":null}]', '"Hallo, Renée!"', NULL, 1796308941.2414038, 1796308941.2414725, NULL);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (13, 4, 'sleep', 'cool-down', 1, 'waiting', '{"duration":3600.0}', '[]', NULL, NULL, 1796308941.2502818, NULL, 1796312541.2502818);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (14, 5, 'waitForEvent', 'approval', 1, 'waiting', '{"type":"approval","timeout":2592000.0}', '[]', NULL, NULL, 1796308941.250327, NULL, 1798900941.250327);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (15, 6, 'waitForEvent', 'go-ahead', 1, 'waiting', '{"type":"go","timeout":2592000.0}', '[]', NULL, NULL, 1796308941.25036, NULL, 1798900941.25036);
+INSERT INTO perdure_upgrade_fixture.steps VALUES (16, 7, 'waitForEvent', 'go-ahead', 1, 'waiting', '{"type":"go","timeout":2592000.0}', '[]', NULL, NULL, 1796308941.2557957, NULL, 1798900941.2557957);
 
 
 --
 -- Data for Name: workflows; Type: TABLE DATA; Schema: perdure_upgrade_fixture; Owner: -
 --
 
-INSERT INTO perdure_upgrade_fixture.workflows VALUES ('greet', 'Greet', '[]', 10000, 1796285798.0616398, 1796285798.0616398);
-INSERT INTO perdure_upgrade_fixture.workflows VALUES ('orders', 'Orders', '["0 0 1 1 *"]', 10000, 1796285798.0616398, 1796285798.0616398);
+INSERT INTO perdure_upgrade_fixture.workflows VALUES ('greet', 'Greet', '[]', 10000, 1796308941.173845, 1796308941.173845);
+INSERT INTO perdure_upgrade_fixture.workflows VALUES ('orders', 'Orders', '["0 0 1 1 *"]', 10000, 1796308941.173845, 1796308941.173845);
 
 
 --
