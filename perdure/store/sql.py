@@ -18,6 +18,7 @@ saves, suspend and finish, creation, counts) stay in each backend.
 from __future__ import annotations
 
 import abc
+import functools
 import json
 import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
@@ -134,6 +135,19 @@ def run_now(coro: Coroutine[Any, Any, T]) -> T:
         return result
     coro.close()
     raise RuntimeError("a SQLite store operation suspended; it must not await anything but its Tx")
+
+
+_SEND_CHUNK = 500  # messages a statement (SQLite allows < 32,766 values; 4 a message)
+
+
+@functools.lru_cache(maxsize=64)
+def _send_statement(rows: int) -> str:
+    """The multi-row INSERT of ``rows`` queue messages (cached: a batch size repeats)."""
+    return (
+        "INSERT INTO {s}.perdure_queue_messages (queue, body, attempts, created_at, visible_at) VALUES "
+        + ", ".join(["(%s, %s, 0, %s, %s)"] * rows)
+        + " RETURNING id"
+    )
 
 
 def _cursor_pk(cursor: str | None) -> int:
@@ -393,19 +407,18 @@ class SQLStore(Store):
     # -- durable queues ---------------------------------------------------------------------------------
     async def queue_send(self, queue: str, bodies_json: Sequence[str], now: float, delay: float) -> list[int]:
         async def op(tx: Tx) -> list[int]:
+            if len(bodies_json) == 1:  # the common case, kept lean: one send is one short statement
+                rows = await tx.all(_send_statement(1), (queue, bodies_json[0], now, now + delay))
+                return [int(rows[0][0])]
             ids: list[int] = []
-            for start in range(0, len(bodies_json), 500):  # one statement a chunk (SQLite: < 32,766 values)
-                chunk = bodies_json[start : start + 500]
-                rows = await tx.all(
-                    "INSERT INTO {s}.perdure_queue_messages (queue, body, attempts, created_at, visible_at) VALUES "
-                    + ", ".join(["(%s, %s, 0, %s, %s)"] * len(chunk))
-                    + " RETURNING id",
-                    tuple(value for body in chunk for value in (queue, body, now, now + delay)),
-                )
+            for start in range(0, len(bodies_json), _SEND_CHUNK):
+                chunk = bodies_json[start : start + _SEND_CHUNK]
+                params = tuple(value for body in chunk for value in (queue, body, now, now + delay))
+                rows = await tx.all(_send_statement(len(chunk)), params)
                 ids += sorted(int(r[0]) for r in rows)  # ids grow in the order of the values
             return ids
 
-        return await self._queue_write(op, single=len(bodies_json) <= 500)
+        return await self._queue_write(op, single=len(bodies_json) <= _SEND_CHUNK)
 
     async def queue_receive(
         self, queue: str, limit: int, now: float, *, visibility_timeout: float, max_attempts: int, lease: str

@@ -88,6 +88,11 @@ class _Tx(Tx):
         return self.conn.execute(SQLITE.q(sql), params).rowcount
 
 
+def _run_shared(conn: sqlite3.Connection, op: Callable[[Tx], Awaitable[Any]]) -> Any:
+    """A shared operation (:mod:`.sql`) on the writer's connection, inside its transaction."""
+    return run_now(op(_Tx(conn)))  # type: ignore[arg-type]
+
+
 class SQLiteStore(SQLStore):
     """SQLite in WAL mode with group commit on the event loop.
 
@@ -176,12 +181,12 @@ class SQLiteStore(SQLStore):
     async def _control(self, op: Callable[[Tx], Awaitable[T]]) -> T:
         # In the writer's batch like every write: SQLite has one writer, so a control call
         # cannot deadlock with a worker's writes.
-        result: T = await self._write(lambda conn: run_now(op(_Tx(conn))))  # type: ignore[arg-type]
+        result: T = await self._writer.write(_run_shared, op)
         return result
 
     async def _queue_write(self, op: Callable[[Tx], Awaitable[T]], *, single: bool = False) -> T:
         # A queue's statements may fail after an earlier one wrote: a savepoint keeps them whole.
-        result: T = await self._write(lambda conn: run_now(op(_Tx(conn))), atomic=True)  # type: ignore[arg-type]
+        result: T = await self._writer.write(_run_shared, op, atomic=True)
         return result
 
     # -- instances -------------------------------------------------------------------------------
