@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from psycopg import AsyncConnection, sql
@@ -86,3 +87,37 @@ class Listener:
                     if note.payload != self.ignore:
                         self.on_notify()
                 await conn.execute("SELECT 1")  # a quiet channel: make sure the connection lives
+
+
+class Changes:
+    """What a worker's store knows of other stores' changes, for ``changed()`` and ``on_change``.
+
+    :meth:`signal` (the listener's ``on_notify``) sets a flag and calls the callback;
+    :meth:`take` says True once after a signal, and at least every ``safety_poll`` seconds:
+    expired leases are announced by nobody (a dead worker cannot ``NOTIFY``), and a notification
+    sent while the listener reconnected is lost, so a worker must also look now and then."""
+
+    def __init__(self, safety_poll: float) -> None:
+        self.safety_poll = safety_poll
+        self.callback: Callable[[], None] | None = None
+        self.reset()
+
+    def reset(self) -> None:
+        self._flag = False
+        self._last_poll = time.monotonic()
+
+    def signal(self) -> None:
+        self._flag = True
+        if self.callback is not None:
+            try:
+                self.callback()
+            except Exception:  # a broken callback must not stop the listener
+                log.exception("perdure: on_change callback failed")
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        if self._flag or now - self._last_poll >= self.safety_poll:
+            self._flag = False
+            self._last_poll = now
+            return True
+        return False

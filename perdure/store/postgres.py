@@ -52,32 +52,23 @@ every other parameter goes to libpq unchanged. One store is used from one event 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from psycopg import AsyncConnection, sql
+from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import Fenced, InstanceAlreadyExistsError, ValidationError
 from ..records import COMPLETE, QUEUED, InstanceRecord, NewInstance, StepRecord, WorkflowRecord
 from .migrations.postgres import migrate
-from .pg_commit import Conn, GroupCommit, Outcome, PgTx, Transactions, Write, WriteFn, open_pool
+from .pg_commit import Conn, GroupCommit, Outcome, PgTx, Transactions, Write, WriteFn
 from .pg_counts import CountFolder
-from .pg_listen import Listener
-from .pg_sql import (
-    CLAIM,
-    CREATE,
-    GIVE_UP,
-    REGISTER_WORKFLOWS,
-    SAVE_STEP,
-    SAVE_STEPS,
-    UPSERT_STEP,
-)
+from .pg_listen import Changes, Listener
+from .pg_pools import PoolOptions, Pools
+from .pg_sql import CLAIM, CREATE, GIVE_UP, REGISTER_WORKFLOWS, SAVE_STEP, SAVE_STEPS, UPSERT_STEP
 from .pg_url import parse_url
 from .rows import dumps, instance_from_row, loads, step_row, workflow_rows
 from .sql import SQLStore, Tx, postgres_dialect
@@ -136,12 +127,13 @@ class PostgresStore(SQLStore):
             )
         self.url = url
         self.conninfo, self.schema = parse_url(url, schema)
-        self.pool_min = pool_min
-        self.pool_max = pool_max
-        self.pool_timeout = pool_timeout
+        self._pools = Pools(
+            self.conninfo,
+            self.schema,
+            PoolOptions(pool_min, pool_max, pool_timeout, connect_timeout, idle_in_transaction_timeout),
+        )
         self.connect_timeout = connect_timeout
         self.safety_poll = safety_poll
-        self.idle_in_transaction_timeout = idle_in_transaction_timeout
         self.channel = f"perdure_{self.schema}"[:63]  # identifiers are at most 63 bytes
         self.token = uuid.uuid4().hex  # the payload of our NOTIFYs, so our listener skips them
         self.dialect = postgres_dialect(sql.Identifier(self.schema).as_string())
@@ -157,25 +149,25 @@ class PostgresStore(SQLStore):
         self.retry_delays = tuple(retry_delays)
         self.lazy_delay = lazy_delay
         self.max_batch = max_batch
-        self._callback: Callable[[], None] | None = None
+        self._changes = Changes(safety_poll)
         self._reset()
 
     def _reset(self) -> None:
         """Forget connections and tasks (closed, or left behind in an event loop that ended)."""
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pool: AsyncConnectionPool[Conn] | None = None
-        self._write_pool: AsyncConnectionPool[Conn] | None = None
-        self._opening: asyncio.Lock | None = None
+        self._pools = Pools(self._pools.conninfo, self._pools.schema, self._pools.options)
         self._transactions = Transactions(self._ready, self.retry_delays)
         # The writer has a connection of its own: behind a hundred instances loading their
         # steps it would otherwise queue for a pooled one, and every step waits on it.
         self._writes = Transactions(self._ready_writer, self.retry_delays)
         self._writer = GroupCommit(self._writes, lazy_delay=self.lazy_delay, max_batch=self.max_batch)
         self._listener = Listener(
-            self.conninfo, self.channel, ignore=self.token, on_notify=self._signal, connect_timeout=self.connect_timeout
+            self.conninfo,
+            self.channel,
+            ignore=self.token,
+            on_notify=self._changes.signal,
+            connect_timeout=self.connect_timeout,
         )
-        self._changed = False
-        self._last_poll = time.monotonic()
+        self._changes.reset()
         if hasattr(self, "_counts"):
             self._counts.forget()
 
@@ -195,67 +187,40 @@ class PostgresStore(SQLStore):
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def open(self) -> None:
-        """Create or migrate the schema, then open the pool and the writer."""
-        if self._pool is not None:
-            return
-        if self._opening is None:
-            self._opening = asyncio.Lock()
-        async with self._opening:  # concurrent first calls open once
-            if self._pool is not None:
-                return
-            conn = await AsyncConnection.connect(self.conninfo, autocommit=True, connect_timeout=self.connect_timeout)
-            async with conn:
-                await migrate(conn, self.schema)
-            self._write_pool = await self._new_pool("writer", 0, 1)  # connects on the first write
-            self._pool = await self._new_pool("pool", self.pool_min, self.pool_max)
-            self._loop = asyncio.get_running_loop()
+        """Create or migrate the schema, then open the pools and the writer."""
+        if await self._pools.open(lambda conn: migrate(conn, self.schema)):
             self._writer.start()
-            if self._callback is not None:
+            if self._changes.callback is not None:
                 self._listener.start()
-
-    async def _new_pool(self, role: str, min_size: int, max_size: int) -> AsyncConnectionPool[Conn]:
-        return await open_pool(
-            self.conninfo,
-            f"perdure-{self.schema}-{role}",
-            min_size,
-            max_size,
-            timeout=self.pool_timeout,
-            connect_timeout=self.connect_timeout,
-            idle_in_transaction_timeout=self.idle_in_transaction_timeout,
-        )
 
     async def close(self) -> None:
         """Commit queued writes, stop listening and close every connection."""
-        if self._pool is None:
+        if not self._pools.is_open:
             return
         await self._counts.close()
         await self._writer.close()
         await self._listener.stop()
         self._transactions.cancel()
         self._writes.cancel()
-        pools = [self._pool, self._write_pool]
+        pools = self._pools
         self._reset()
-        for pool in pools:
-            if pool is not None:
-                await pool.close()
+        await pools.close()
 
     async def _ready(self) -> AsyncConnectionPool[Conn]:
         """The pool, opening the store first when needed: like the SQLite store, a closed
         store reopens on use (a client may read a status after its engine stopped), also from
         another event loop (a script may ``asyncio.run`` several times with one engine)."""
-        if self._pool is not None and self._loop is not asyncio.get_running_loop():
-            # Its pools and tasks belong to a loop that has ended; they cannot be closed from
-            # here, and are left to the garbage collector.
-            self._reset()
-        if self._pool is None:
+        if self._pools.stale():
+            self._reset()  # its pools and tasks belong to a loop that has ended
+        if not self._pools.is_open:
             await self.open()
-        assert self._pool is not None
-        return self._pool
+        assert self._pools.pool is not None
+        return self._pools.pool
 
     async def _ready_writer(self) -> AsyncConnectionPool[Conn]:
         await self._ready()
-        assert self._write_pool is not None
-        return self._write_pool
+        assert self._pools.writer is not None
+        return self._pools.writer
 
     # -- how operations reach the database -------------------------------------------------------
     async def _write(self, fn: WriteFn, *, single: bool = False, idempotent: bool = False) -> Any:
@@ -358,7 +323,7 @@ class PostgresStore(SQLStore):
         return await self._counts.fold()
 
     def _maybe_fold(self) -> None:
-        if self._pool is not None:
+        if self._pools.is_open:
             self._counts.maybe_fold()
 
     # -- workflows -------------------------------------------------------------------------------
@@ -574,31 +539,18 @@ class PostgresStore(SQLStore):
 
         await self._write(op, single=True)
 
-    # -- change detection ------------------------------------------------------------------------
-    def _signal(self) -> None:
-        self._changed = True
-        if self._callback is not None:
-            try:
-                self._callback()
-            except Exception:  # a broken callback must not stop the listener
-                log.exception("perdure: on_change callback failed")
-
+    # -- change detection (see :class:`~perdure.store.pg_listen.Changes`) -----------------------
     async def changed(self) -> bool:
         """True after a notification from another store, and at least every ``safety_poll``
         seconds (expired leases and missed notifications are found by looking)."""
-        if self._pool is not None:
+        if self._pools.is_open:
             self._listener.start()
             self._maybe_fold()
-        now = time.monotonic()
-        if self._changed or now - self._last_poll >= self.safety_poll:
-            self._changed = False
-            self._last_poll = now
-            return True
-        return False
+        return self._changes.take()
 
     def on_change(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` on notifications from other stores (it replaces an earlier one:
         an engine registers one each time it starts)."""
-        self._callback = callback
-        if self._pool is not None:
+        self._changes.callback = callback
+        if self._pools.is_open:
             self._listener.start()
