@@ -6,5 +6,5 @@ cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[app]'
+.venv/bin/python -m pip install -q -e . -e apps/punderful
 exec .venv/bin/python -m punderful "$@"

@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
-# Sets up everything the tests need on a fresh machine, then runs them (lint, types, tests).
+# Sets up everything the tests need on a fresh machine, then runs them: lint, types, the docs
+# build, the tests of both distributions (perdure, and Punderful in apps/punderful), and a check
+# of the built packages in fresh virtual environments. Arguments go to the engine's pytest run
+# only (e.g. `bash test.sh -k queues`; Punderful's tests: `cd apps/punderful && ../../.venv/bin/pytest`).
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[app,dev,ops]'
+.venv/bin/python -m pip install -q -e '.[postgres,server,redis,otel]' -e apps/punderful \
+  --group dev --group apps/punderful/pyproject.toml:test
 
 # PostgreSQL: the tests run against the local server; start it if it is down.
 if command -v pg_isready >/dev/null && ! pg_isready -q -h 127.0.0.1 -p 5432; then
@@ -19,7 +23,13 @@ if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; the
   fi
 fi
 
-.venv/bin/ruff format --check perdure punderful tests bench examples
-.venv/bin/ruff check perdure punderful tests bench examples
-.venv/bin/mypy perdure punderful
-PERDURE_TEST_POSTGRES=${PERDURE_TEST_POSTGRES:-1} .venv/bin/python -m pytest -q "$@"
+.venv/bin/ruff format --check perdure tests bench examples docs apps/punderful
+.venv/bin/ruff check perdure tests bench examples docs apps/punderful
+.venv/bin/mypy perdure
+(cd apps/punderful && ../../.venv/bin/mypy punderful)
+export PERDURE_TEST_POSTGRES=${PERDURE_TEST_POSTGRES:-1}
+.venv/bin/python -m pytest -q "$@"
+if [ $# -eq 0 ]; then
+  (cd apps/punderful && ../../.venv/bin/python -m pytest -q)
+  .venv/bin/python tests/packaging/check_dist.py
+fi

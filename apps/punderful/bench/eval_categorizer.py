@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 from punderful.ai.categorizer import DEFAULT_CATEGORIES, ZeroShotCategorizer  # noqa: E402
 from punderful.ai.embedder import LocalEmbedder  # noqa: E402
 
-LABELLED = ROOT / "tests" / "punderful" / "data" / "categories_labelled.json"
+LABELLED = ROOT / "tests" / "data" / "categories_labelled.json"
 
 Item = dict[str, Any]
 Predict = Callable[[str, NDArray[np.float32]], list[str]]

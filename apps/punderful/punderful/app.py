@@ -25,17 +25,16 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-
 from perdure import Engine, InstanceAlreadyExistsError, InstanceNotFoundError
+
 from punderful.config import Config
 from punderful.db import PUBLISHED, Pun
 from punderful.services import Services, open_services
 from punderful.workflows import publish_params, register_workflows
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp
-
     from perdure import WorkflowBinding
+    from starlette.types import ASGIApp
 
 __all__ = ["InputError", "Punderful", "ScoredPun", "clean_pun", "import_id"]
 

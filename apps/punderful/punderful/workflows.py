@@ -22,12 +22,13 @@ import hashlib
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
-
 from perdure import InstanceAlreadyExistsError, NonRetryableError, WorkflowEntrypoint
+
 from punderful.vectors import VectorItem
 
 if TYPE_CHECKING:
     from perdure import Engine, Step, WorkflowBinding, WorkflowEvent
+
     from punderful.services import Services
 
 __all__ = [

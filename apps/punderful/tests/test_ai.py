@@ -37,7 +37,7 @@ BIKE = "Why did the bicycle fall over? It was two-tired."
 TIRE = "I used to sell car tires, but the job wore me down and left me feeling deflated."
 UNRELATED = "The quarterly budget meeting has been moved to Thursday afternoon."
 CHEESE = "Our new cheese shop only sells aged cheddar.\nBusiness is slow, but it gets sharper every year."
-DATA_DIR = Path(__file__).resolve().parents[2] / "punderful" / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "punderful" / "data"
 
 
 # --------------------------------------------------------------------------
@@ -136,7 +136,7 @@ def test_local_embedder_rejects_a_missing_tokenizer(tmp_path: Path) -> None:
 
 
 def test_vendored_tokenizer_ships_with_license_and_notice() -> None:
-    folder = Path(__file__).resolve().parents[2] / "punderful" / "ai" / "tokenizer"
+    folder = Path(__file__).resolve().parents[1] / "punderful" / "ai" / "tokenizer"
     assert "Apache License" in (folder / "LICENSE").read_text()
     assert "be50c362" in (folder / "NOTICE").read_text()
 

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from punderful.app import Punderful
-from tests.punderful.test_app_helpers import (
+from tests.test_app_helpers import (
     CHEESE,
     COMPUTER,
     GUITAR,

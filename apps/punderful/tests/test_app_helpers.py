@@ -20,12 +20,12 @@ from typing import Any
 
 import httpx
 import pytest
-
 from perdure.testing import ManualClock
+
 from punderful.app import Punderful
 from punderful.config import Config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]  # apps/punderful
 
 # Puns whose topics the model tells apart; the queries below share no word with their pun.
 CHEESE = "Our new cheese shop only sells aged cheddar.\nBusiness is slow, but it gets sharper every year."

@@ -15,8 +15,8 @@ import pytest
 
 from punderful.db import PunDB
 from tests.ci import unavailable
-from tests.punderful.conftest import PG_URL
-from tests.punderful.test_app_helpers import CHEESE, GUITAR, OWL, client_for, make_config, publish_all, running
+from tests.conftest import PG_URL
+from tests.test_app_helpers import CHEESE, GUITAR, OWL, client_for, make_config, publish_all, running
 
 
 @pytest.fixture

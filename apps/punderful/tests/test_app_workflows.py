@@ -8,14 +8,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from perdure import Instance, NonRetryableError
+
 from punderful.app import Punderful, import_id
 from punderful.generator import LLMPunWriter, PunWriterError, RecombinationWriter, split_pun
 from punderful.importer import import_puns
 from punderful.workflows import LEADERBOARD_CRON, puntificator_pun_id
-from tests.punderful.conftest import OpenAIStandIn
-from tests.punderful.test_app_helpers import (
+from tests.conftest import OpenAIStandIn
+from tests.test_app_helpers import (
     CALCULATOR,
     CHEESE,
     COMPUTER,

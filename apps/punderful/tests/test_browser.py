@@ -26,7 +26,7 @@ import httpx
 import pytest
 
 from tests.ci import unavailable
-from tests.punderful.test_app_helpers import ROOT, ServerProcess
+from tests.test_app_helpers import ROOT, ServerProcess
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from punderful.vectors import VectorIndex
-from tests.punderful.test_app_helpers import PUBLISH_STEPS, PUNS, ServerProcess
+from tests.test_app_helpers import PUBLISH_STEPS, PUNS, ServerProcess
 
 pytestmark = pytest.mark.slow
 
