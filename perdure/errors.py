@@ -19,6 +19,16 @@ class PerdureError(Exception):
     """Base class of the errors Perdure raises on its own account."""
 
 
+class MissingExtraError(PerdureError, ImportError):
+    """A feature needs an optional extra that is not installed (``pip install 'perdure[server]'``).
+
+    Also an :class:`ImportError`, for code that guards an import that way."""
+
+    def __init__(self, message: str, *, extra: str) -> None:
+        super().__init__(message)
+        self.extra = extra
+
+
 class ValidationError(PerdureError, ValueError):
     """Bad input (an id, a name, a size, a config, a duration). Nothing was stored."""
 

@@ -10,6 +10,7 @@ ends with; :func:`exit_code` picks the code for an engine error.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +34,12 @@ _CODE_EXITS = {
     "unauthorized": EXIT_AUTH,
     "forbidden_origin": EXIT_AUTH,
 }
+
+
+# 404s that are Perdure's own answers (the thing asked for does not exist), not a wrong URL.
+_PERDURE_404 = {"workflow_not_found", "instance_not_found", "step_not_found"}
+# Links on a host app's page into a mounted Perdure (its dashboard or API), e.g. href="/perdure/dashboard/".
+_LINK = re.compile(r"""href=["'](/[^"'?#]*?)/(?:dashboard|api)(?:/|["'])""")
 
 
 class CliError(Exception):
@@ -67,12 +74,35 @@ class HttpBackend:
         try:
             data = response.json()
         except ValueError:
-            raise CliError(f"unexpected answer from {self.url}{path}: HTTP {response.status_code}") from None
+            data = None
+        error = data.get("error", {}) if isinstance(data, dict) else {}
+        code = str(error.get("code", "error")) if isinstance(error, dict) else "error"
+        if response.status_code == 404 and code not in _PERDURE_404:
+            raise CliError(await self._not_here(path), EXIT_NOT_FOUND)
+        if data is None:
+            raise CliError(f"unexpected answer from {self.url}{path}: HTTP {response.status_code}")
         if response.status_code >= 400:
-            error = data.get("error", {}) if isinstance(data, dict) else {}
-            code = str(error.get("code", "error"))
             raise CliError(str(error.get("message", f"HTTP {response.status_code}")), _CODE_EXITS.get(code, 1))
         return data
+
+    async def _not_here(self, path: str) -> str:
+        """The message for a server that does not know an API path: Perdure is mounted under a
+        prefix there (``/perdure`` in Punderful), or it is not Perdure at all."""
+        import httpx
+
+        message = f"{self.url} answered 404 for {path}: Perdure's API is not at this URL"
+        prefixes = ["/perdure"]
+        try:
+            root = await self.client.get("/")
+            prefixes += [m.group(1) for m in _LINK.finditer(root.text) if m.group(1) not in prefixes]
+            for prefix in prefixes[:5]:
+                probe = await self.client.get(f"{prefix}/api/health")
+                if probe.status_code == 200 and probe.headers.get("content-type", "").startswith("application/json"):
+                    if probe.json() == {"ok": True}:
+                        return f"{message}; try --url {self.url}{prefix}"
+        except (httpx.HTTPError, ValueError):
+            pass
+        return f"{message} (is it a Perdure server? `perdure serve` and `perdure dev` print the --url to use)"
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -32,7 +32,15 @@ from .backends import (
     db_only,
     exit_code,
 )
-from .render import render_dead, render_instance, render_instances, render_queues, render_workflow, render_workflows
+from .render import (
+    console_for_output,
+    render_dead,
+    render_instance,
+    render_instances,
+    render_queues,
+    render_workflow,
+    render_workflows,
+)
 
 T = TypeVar("T")
 
@@ -74,7 +82,7 @@ def _emit(ctx: click.Context, data: Any, render: Callable[[Console, Any], None])
     if ctx.obj.get("json"):
         click.echo(json.dumps(data, indent=2, ensure_ascii=False))
     else:
-        render(Console(highlight=False, soft_wrap=True), data)
+        render(console_for_output(), data)
 
 
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -188,15 +196,30 @@ def instances_list(
 @click.argument("name")
 @click.argument("instance_id", default="latest", metavar="[ID|latest]")
 @click.option("--step-output/--no-step-output", default=True, show_default=True, help="show step outputs")
-@click.option("--truncate-output-limit", type=click.IntRange(1), default=5000, show_default=True)
+@click.option(
+    "--truncate-output-limit",
+    type=click.IntRange(1),
+    default=5000,
+    show_default=True,
+    help="cut each shown output after this many characters (not with --full)",
+)
+@click.option("--full", is_flag=True, help="show outputs whole, not shortened (a list of 384 floats stays a list)")
 @client_options
 @click.pass_context
 def instances_describe(
-    ctx: click.Context, name: str, instance_id: str, step_output: bool, truncate_output_limit: int
+    ctx: click.Context, name: str, instance_id: str, step_output: bool, truncate_output_limit: int, full: bool
 ) -> None:
-    """One instance's status and step timeline (ID defaults to the latest)."""
+    """One instance's status and step timeline (ID defaults to the latest).
+
+    Large outputs are shortened as on the dashboard: a long list of numbers reads
+    ``[384 floats]``, long lists and strings say how much was left out. ``--full`` shows them
+    whole; ``--json`` prints the whole document."""
     detail = _run(ctx, lambda b: b.describe(name, instance_id))
-    _emit(ctx, detail, lambda c, d: render_instance(c, d, step_output=step_output, limit=truncate_output_limit))
+    _emit(
+        ctx,
+        detail,
+        lambda c, d: render_instance(c, d, step_output=step_output, limit=truncate_output_limit, full=full),
+    )
 
 
 def _control_command(action: str, help_text: str) -> click.Command:
@@ -329,6 +352,15 @@ def _load(app_spec: str) -> Any:
         _fail(str(exc), EXIT_INPUT)
 
 
+def cli_url(host: str, port: int, prefix: str = "") -> str:
+    """The ``--url`` that reaches a server bound to ``host``:``port`` (a wildcard bind is
+    reached on loopback), with the mount ``prefix`` an app put Perdure under."""
+    if host in ("0.0.0.0", "", "::"):
+        host = "127.0.0.1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}{prefix}"
+
+
 def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worker: bool, log_level: str) -> None:
     if not token and not is_loopback(host):
         _fail(
@@ -338,6 +370,13 @@ def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worke
         )
     if token is not None and len(token) < 8:
         _fail("the token must be at least 8 characters long", EXIT_INPUT)
+    from .._optional import require_extra
+    from ..errors import MissingExtraError
+
+    try:
+        require_extra("server", f"perdure {'dev' if with_worker else 'serve'}")
+    except MissingExtraError as exc:
+        _fail(str(exc), EXIT_FAILURE)
     import uvicorn
 
     from ..server.api import create_app
@@ -360,6 +399,7 @@ def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worke
                 + ("; workers running" if with_worker else ""),
                 err=True,
             )
+            click.echo(f"CLI: perdure --url {cli_url(host, port)} workflows list", err=True)
             await server.serve()
         finally:
             await engine.stop()

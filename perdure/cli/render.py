@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -22,7 +23,11 @@ from ..server.formatting import (
     TRIGGER_LABELS,
     human_ms,
     human_time,
+    shorten,
 )
+
+# Columns whose values are never cut or wrapped, whatever the width: what scripts and grep need.
+WHOLE = ("Id", "Step", "Name", "Queue", "Message")
 
 
 def _short(value: Any, limit: int) -> str:
@@ -30,11 +35,30 @@ def _short(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more characters)"
 
 
+def console_for_output() -> Console:
+    """The console for answers: on a terminal, its width; otherwise (a pipe, a file) wide enough
+    that every table row stays on one line, so no column is dropped or cut for ``grep``."""
+    import sys
+
+    wide = None if sys.stdout.isatty() else 4096
+    return Console(highlight=False, soft_wrap=True, width=wide)
+
+
 def _table(*headers: str) -> Table:
+    # On a narrow terminal other columns wrap (fold), they are never cut short with "…".
     table = Table(box=None, header_style="bold")
     for header in headers:
-        table.add_column(header, no_wrap=header not in ("Instances", "Error"))
+        table.add_column(header, overflow="fold")
     return table
+
+
+def _print(console: Console, table: Table) -> None:
+    """Print ``table`` with the :data:`WHOLE` columns as wide as their widest value."""
+    for column in table.columns:
+        if column.header in WHOLE:
+            column.no_wrap = True
+            column.min_width = max([cell_len(str(column.header))] + [cell_len(str(c)) for c in column.cells])
+    console.print(table)
 
 
 def render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None:
@@ -51,7 +75,7 @@ def render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None:
             str(wf["total"]),
             human_time(wf.get("last_registered_at")),
         )
-    console.print(table)
+    _print(console, table)
 
 
 def render_workflow(console: Console, wf: dict[str, Any]) -> None:
@@ -80,7 +104,7 @@ def render_instances(console: Console, page: dict[str, Any]) -> None:
             human_time(inst["end"]),
             human_ms(inst["duration_ms"]),
         )
-    console.print(table)
+    _print(console, table)
     if page.get("next_cursor"):
         console.print(f"[dim]More: --cursor {page['next_cursor']}[/]")
 
@@ -101,8 +125,16 @@ def _bar(step: dict[str, Any], t0: float, span: float, width: int = 24) -> Text:
     return text
 
 
-def render_instance(console: Console, d: dict[str, Any], *, step_output: bool = True, limit: int = 5000) -> None:
-    """A readable timeline like ``wrangler workflows instances describe``."""
+def render_instance(
+    console: Console, d: dict[str, Any], *, step_output: bool = True, limit: int = 5000, full: bool = False
+) -> None:
+    """A readable timeline like ``wrangler workflows instances describe``. Outputs are shown
+    :func:`~perdure.server.formatting.shorten`-ed (``[384 floats]``) and cut after ``limit``
+    characters, unless ``full``."""
+
+    def shown(value: Any) -> str:
+        return json.dumps(value, ensure_ascii=False) if full else _short(shorten(value), limit)
+
     from datetime import datetime
 
     grid = Table.grid(padding=(0, 2))
@@ -124,7 +156,7 @@ def render_instance(console: Console, d: dict[str, Any], *, step_output: bool = 
     if d.get("error"):
         grid.add_row("Error:", Text(f"{d['error']['name']}: {d['error']['message']}", style="red"))
     if d.get("output") is not None and step_output:
-        grid.add_row("Output:", _short(d["output"], limit))
+        grid.add_row("Output:", shown(d["output"]))
     console.print(grid)
     steps = d["steps"]
     if not steps:
@@ -147,7 +179,7 @@ def render_instance(console: Console, d: dict[str, Any], *, step_output: bool = 
             human_ms(s["duration_ms"]),
         )
         table.add_row(s["label"], kind, s["status"], start, took, attempts, _bar(s, t0, t1 - t0))
-    console.print(table)
+    _print(console, table)
     for s in steps:
         details = []
         for number, a in enumerate(s["attempts"], start=1):
@@ -160,7 +192,7 @@ def render_instance(console: Console, d: dict[str, Any], *, step_output: bool = 
         if s["error"] and s["type"] != "step":
             details.append(Text(f"  {s['error']['name']}: {s['error']['message']}", style="red"))
         if step_output and s["status"] == "complete" and s["type"] != "sleep":
-            details.append(Text(f"  output: {_short(s['output'], limit)}"))
+            details.append(Text(f"  output: {shown(s['output'])}"))
         if details:
             console.print(Text(s["label"], style="bold"))
             for line in details:
@@ -175,7 +207,7 @@ def render_queues(console: Console, rows: list[dict[str, Any]]) -> None:
     for q in rows:
         age = None if q["oldest_age"] is None else int(q["oldest_age"] * 1000)
         table.add_row(q["name"], str(q["ready"]), str(q["delayed"]), str(q["in_flight"]), str(q["dead"]), human_ms(age))
-    console.print(table)
+    _print(console, table)
 
 
 def render_dead(console: Console, data: dict[str, Any]) -> None:
@@ -192,4 +224,4 @@ def render_dead(console: Console, data: dict[str, Any]) -> None:
             d["error"] or "-",
             _short(d["body"], 60),
         )
-    console.print(table)
+    _print(console, table)

@@ -26,6 +26,10 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from .._optional import require_extra
+
+require_extra("server", "the REST API, dashboard and metrics (perdure.server)")
+
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request

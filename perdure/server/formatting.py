@@ -62,7 +62,26 @@ def human_time(value: str | None) -> str:
     return value.replace("T", " ").rstrip("Z") if value else "-"
 
 
-def pretty_json(value: Any, limit: int = 20_000) -> str:
-    """Indented JSON, cut after ``limit`` characters with a note of how much was left out."""
-    text = json.dumps(value, indent=2, ensure_ascii=False, sort_keys=True)
+def shorten(value: Any, *, numbers: int = 16, items: int = 50, chars: int = 500) -> Any:
+    """``value`` made readable: a list of more than ``numbers`` numbers (an embedding) becomes
+    ``"[384 floats]"``; longer lists keep ``items`` items and say how many were left out; strings
+    longer than ``chars`` are cut with a note. Dicts keep every key. The CLI's ``instances
+    describe`` and the dashboard show step outputs this way (``--full``: the whole value)."""
+    if isinstance(value, list):
+        if len(value) > numbers and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            kind = "floats" if any(isinstance(v, float) for v in value) else "numbers"
+            return f"[{len(value)} {kind}]"
+        kept = [shorten(v, numbers=numbers, items=items, chars=chars) for v in value[:items]]
+        return kept + ([f"... {len(value) - items} more items"] if len(value) > items else [])
+    if isinstance(value, dict):
+        return {k: shorten(v, numbers=numbers, items=items, chars=chars) for k, v in value.items()}
+    if isinstance(value, str) and len(value) > chars:
+        return value[:chars] + f"... ({len(value) - chars} more characters)"
+    return value
+
+
+def pretty_json(value: Any, limit: int = 20_000, *, short: bool = False) -> str:
+    """Indented JSON, cut after ``limit`` characters with a note of how much was left out
+    (``short``: :func:`shorten` first)."""
+    text = json.dumps(shorten(value) if short else value, indent=2, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"

@@ -30,10 +30,11 @@ def open_store(url: str, **options: Any) -> Store:
         return SQLiteStore(path, **options)
     scheme = urlparse(url).scheme
     if scheme in ("postgresql", "postgres"):
-        try:
-            from .postgres import PostgresStore
-        except ImportError as exc:  # pragma: no cover - depends on the installed backend
-            raise ValidationError(f"the PostgreSQL backend is not available: {exc}") from None
+        from .._optional import require_extra
+
+        require_extra("postgres", "the PostgreSQL backend")
+        from .postgres import PostgresStore
+
         store: Store = PostgresStore(url, **options)
         return store
     raise ValidationError(f"unsupported database url {url!r}: use sqlite:///file.db or postgresql://user@host/db")

@@ -63,6 +63,9 @@ class RedisStreamConsumer(BackgroundConsumer):
         dead_letter_stream: str | None = None,
     ) -> None:
         if isinstance(redis, str):
+            from .._optional import require_extra
+
+            require_extra("redis", "the Redis Streams trigger")
             import redis.asyncio as aioredis
 
             redis = aioredis.from_url(redis)

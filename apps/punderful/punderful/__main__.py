@@ -102,6 +102,10 @@ async def serve(config: Config) -> None:
             print(f"Punderful is running at http://{shown}:{port}/", flush=True)
             if app.perdure_mount:
                 print(f"Workflows dashboard: http://{shown}:{port}{app.perdure_mount}/dashboard/", flush=True)
+                print(
+                    f"Workflows CLI: perdure --url http://{shown}:{port}{app.perdure_mount} instances list publish",
+                    flush=True,
+                )
             print(f"Data: {config.engine_url}", flush=True)
         await task
 

@@ -44,6 +44,7 @@ _LIVE = {"queued", "running", "waitingForPause"}
 templates.env.filters["ms"] = human_ms
 templates.env.filters["time"] = human_time
 templates.env.filters["pretty"] = pretty_json
+templates.env.filters["pretty_short"] = lambda value: pretty_json(value, short=True)
 
 
 async def _form(request: Request) -> dict[str, str]:
