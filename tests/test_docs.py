@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,37 @@ def test_runnable_blocks_run_as_written(page: Path, tmp_path: Path) -> None:
 def test_the_readme_example_stays_marked_runnable() -> None:
     blocks = runnable(ROOT / "README.md")
     assert [language for language, _ in blocks][:2] == ["python", "bash"]  # the example, then the CLI on its file
+
+
+@pytest.mark.slow
+def test_the_orders_example_runs_as_the_readme_says(tmp_path: Path) -> None:
+    """``python examples/orders.py``: orders complete (after two failed charges, a sleep and the
+    "shipped" event); Ctrl-C stops it cleanly; started again, it carries on with the same file."""
+
+    def run_until(pattern: str, seconds: float) -> str:
+        process = subprocess.Popen(
+            [sys.executable, str(ROOT / "examples" / "orders.py")],
+            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )  # fmt: skip
+        assert process.stdout is not None
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(process.stdout or []), daemon=True)
+        reader.start()  # the example prints forever: read it beside the test
+        deadline = time.monotonic() + seconds
+        while not re.search(pattern, "".join(lines)) and time.monotonic() < deadline and process.poll() is None:
+            time.sleep(0.1)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=20)
+        reader.join(5)
+        said = "".join(lines)
+        assert re.search(pattern, said), said
+        assert process.returncode == 0 and "Traceback" not in said and "stopped;" in said, said
+        return said
+
+    first = run_until(r"complete +\{.*'tracking': 'TRK", 40)
+    earlier = re.findall(r"created ([0-9a-f-]{36})", first)
+    again = run_until(r"created ", 20)
+    assert any(order[:8] in again for order in earlier)  # the same orders, read back from orders.db
 
 
 def test_relative_links_point_at_files() -> None:
