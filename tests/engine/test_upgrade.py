@@ -76,8 +76,15 @@ async def test_a_perdure_0_1_sqlite_file_upgrades_in_place(tmp_path: Path) -> No
         await store.open()
         with sqlite3.connect(path) as raw:
             (version,) = raw.execute("SELECT value FROM perdure_meta WHERE key = 'schema_version'").fetchone()
-        assert version == str(SCHEMA_VERSION) == "4"
+        assert version == str(SCHEMA_VERSION) == "5"
         await check_everything_kept(store, made)
+        with sqlite3.connect(path) as raw:  # layout 5: ids of acked messages are never handed out again
+            (handed_out,) = raw.execute(
+                "SELECT MAX(n) FROM (SELECT MAX(id) AS n FROM perdure_queue_messages"
+                " UNION SELECT MAX(message_id) FROM perdure_queue_dead)"
+            ).fetchone()
+        (new_id,) = await store.queue_send("upgrade-check", ["{}"], 0.0, 0.0)
+        assert new_id > handed_out
     finally:
         await store.close()
 

@@ -16,8 +16,11 @@ import sqlite3
 # ``instance_counts`` and the triggers that keep it (see _COUNTS below; created apart from
 # _SCHEMA, because a file that predates them needs its counts taken in the same transaction).
 # 4 added the durable queues' tables, which Perdure 0.1 created on a queue's first use with the
-# same columns (so IF NOT EXISTS keeps the messages of such a file).
-SCHEMA_VERSION = 4
+# same columns (so IF NOT EXISTS keeps the messages of such a file). 5 made the message ids
+# AUTOINCREMENT: a plain INTEGER PRIMARY KEY reuses the id of an acked (deleted) message, and
+# a queue consumer's default instance id ``<queue>-<message id>`` then names an instance that
+# exists, so a new message was acked without starting one (see _never_reuse_message_ids).
+SCHEMA_VERSION = 5
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -88,7 +91,7 @@ CREATE TABLE IF NOT EXISTS workflows (
     updated_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS perdure_queue_messages (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
     queue TEXT NOT NULL,
     body TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
@@ -168,12 +171,36 @@ def _ensure_counts(conn: sqlite3.Connection) -> None:
         conn.execute(trigger)
 
 
+def _never_reuse_message_ids(conn: sqlite3.Connection) -> None:
+    """Rebuild a layout-4 messages table with AUTOINCREMENT, its counter past every id the file
+    may have handed out: the messages left, the dead letters, and the ``-<n>`` suffixes of
+    queue-started instances (acked messages left no other trace). Inside a write transaction."""
+    (table,) = conn.execute("SELECT sql FROM sqlite_master WHERE name = 'perdure_queue_messages'").fetchone()
+    if "AUTOINCREMENT" in table.upper():
+        return
+    conn.execute("ALTER TABLE perdure_queue_messages RENAME TO perdure_queue_messages_old")
+    conn.execute("DROP INDEX IF EXISTS ix_perdure_queue_ready")
+    create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS perdure_queue_messages") :]
+    for statement in create.split(";")[:2]:  # the table and its index
+        conn.execute(statement)
+    conn.execute("INSERT INTO perdure_queue_messages SELECT * FROM perdure_queue_messages_old")
+    conn.execute("DROP TABLE perdure_queue_messages_old")
+    suffixes = conn.execute("SELECT id FROM instances WHERE trigger = 'queue' AND id GLOB '*-[0-9]*'").fetchall()
+    used = [int(i.rsplit("-", 1)[1]) for (i,) in suffixes if i.rsplit("-", 1)[1].isdigit()]
+    (messages,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM perdure_queue_messages").fetchone()
+    (dead,) = conn.execute("SELECT COALESCE(MAX(message_id), 0) FROM perdure_queue_dead").fetchone()
+    high = max([int(messages), int(dead), *used])
+    conn.execute("DELETE FROM sqlite_sequence WHERE name = 'perdure_queue_messages'")
+    conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('perdure_queue_messages', ?)", (high,))
+
+
 def create_or_upgrade(conn: sqlite3.Connection) -> None:
     """Bring the file behind ``conn`` (autocommit, not in a transaction) to :data:`SCHEMA_VERSION`."""
     conn.executescript(_SCHEMA)  # each statement on its own (executescript commits first)
     conn.execute("BEGIN IMMEDIATE")
     try:
         _ensure_counts(conn)
+        _never_reuse_message_ids(conn)
         conn.execute(  # the newest layout the file has had (an older Perdure may open it too)
             "INSERT INTO perdure_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
             " SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
