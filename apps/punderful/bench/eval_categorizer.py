@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/eval_categorizer.py [--errors]
 
-The labelled set is ``tests/punderful/data/categories_labelled.json``: every pun of
+The labelled set is ``tests/data/categories_labelled.json``: every pun of
 ``punderful/data/puns.json`` with one or two acceptable categories, labelled by reading the
 pun (see the file's ``about``). It is split by a fixed rule, **even ids = dev** (the half the
 descriptions and thresholds were tuned on) and **odd ids = held-out** (only reported); quote
