@@ -22,11 +22,13 @@ class PerdureError(Exception):
 class MissingExtraError(PerdureError, ImportError):
     """A feature needs an optional extra that is not installed (``pip install 'perdure[server]'``).
 
-    Also an :class:`ImportError`, for code that guards an import that way."""
+    Also an :class:`ImportError`, for code that guards an import that way. ``extra`` names the
+    extra to install; ``module``, when known, the module that is missing (``"starlette"``)."""
 
-    def __init__(self, message: str, *, extra: str) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, *, extra: str, module: str | None = None) -> None:
+        super().__init__(message, name=module)
         self.extra = extra
+        self.module = module
 
 
 class ValidationError(PerdureError, ValueError):

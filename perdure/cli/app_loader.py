@@ -7,7 +7,9 @@ on the import path) and takes its ``engine`` attribute. The attribute may be:
 * a function that takes no arguments and returns one (a factory; may be ``async``);
 * any object with an ``engine`` attribute that is an Engine (an application object).
 
-Every failure raises :class:`AppLoadError` with a message that says what to fix.
+Every failure raises :class:`AppLoadError` with a message that says what to fix, except a
+missing optional extra (an engine on ``postgresql://`` without ``perdure[postgres]``), which
+stays a :class:`~perdure.errors.MissingExtraError` naming the extra.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import sys
 from typing import Any
 
 from ..engine import Engine
+from ..errors import MissingExtraError
 
 
 class AppLoadError(Exception):
@@ -36,6 +39,8 @@ def _resolve(spec: str) -> Any:
         sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
+    except MissingExtraError:
+        raise
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
             raise AppLoadError(f"cannot import module {module_name!r}: no module named {exc.name!r}") from None
@@ -64,6 +69,8 @@ def load_engine(spec: str) -> Engine:
             result = target()
             if inspect.isawaitable(result):
                 result = asyncio.run(_await(result))
+        except MissingExtraError:
+            raise
         except Exception as exc:
             raise AppLoadError(f"calling {spec!r} failed: {type(exc).__name__}: {exc}") from exc
         if isinstance(result, Engine):

@@ -38,8 +38,10 @@ _CODE_EXITS = {
 
 # 404s that are Perdure's own answers (the thing asked for does not exist), not a wrong URL.
 _PERDURE_404 = {"workflow_not_found", "instance_not_found", "step_not_found"}
-# Links on a host app's page into a mounted Perdure (its dashboard or API), e.g. href="/perdure/dashboard/".
-_LINK = re.compile(r"""href=["'](/[^"'?#]*?)/(?:dashboard|api)(?:/|["'])""")
+# Links on a host app's page, and the mount prefix in one that leads into Perdure's dashboard or
+# API (href="/perdure/dashboard/" -> "/perdure").
+_HREF = re.compile(r"""href\s*=\s*["']([^"']+)["']""", re.I)
+_MOUNTED = re.compile(r"^(.*?)/(?:dashboard|api)(?:/|$)")
 
 
 class CliError(Exception):
@@ -54,6 +56,8 @@ class HttpBackend:
     def __init__(self, url: str, token: str | None) -> None:
         import httpx
 
+        if not url.startswith(("http://", "https://")):
+            raise CliError(f"--url must be an http:// or https:// URL, got {url!r}", EXIT_INPUT)
         self.url = url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.client = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=30.0)
@@ -86,23 +90,42 @@ class HttpBackend:
         return data
 
     async def _not_here(self, path: str) -> str:
-        """The message for a server that does not know an API path: Perdure is mounted under a
-        prefix there (``/perdure`` in Punderful), or it is not Perdure at all."""
+        """The message for a server that does not know an API path. Perdure may be mounted under
+        a prefix there: the documented ``/perdure``, or the one the host's page links to (its
+        dashboard or API); or the URL has a prefix too many. Each guess is checked on
+        ``/api/health`` before the message names it."""
         import httpx
 
         message = f"{self.url} answered 404 for {path}: Perdure's API is not at this URL"
-        prefixes = ["/perdure"]
         try:
-            root = await self.client.get("/")
-            prefixes += [m.group(1) for m in _LINK.finditer(root.text) if m.group(1) not in prefixes]
-            for prefix in prefixes[:5]:
-                probe = await self.client.get(f"{prefix}/api/health")
+            for candidate in await self._guesses():
+                probe = await self.client.get(f"{candidate}/api/health")
                 if probe.status_code == 200 and probe.headers.get("content-type", "").startswith("application/json"):
                     if probe.json() == {"ok": True}:
-                        return f"{message}; try --url {self.url}{prefix}"
+                        return f"{message}; try --url {candidate}"
         except (httpx.HTTPError, ValueError):
             pass
         return f"{message} (is it a Perdure server? `perdure serve` and `perdure dev` print the --url to use)"
+
+    async def _guesses(self) -> list[str]:
+        """Base URLs where Perdure may be, most likely first (at most six; never this one)."""
+        from urllib.parse import urljoin, urlsplit
+
+        here = urlsplit(self.url)
+        origin = f"{here.scheme}://{here.netloc}"
+        guesses = [f"{self.url}/perdure"]
+        for page in dict.fromkeys([f"{self.url}/", f"{origin}/"]):
+            answer = await self.client.get(page, follow_redirects=True)
+            if "html" not in answer.headers.get("content-type", ""):
+                continue
+            for href in _HREF.findall(answer.text[:200_000]):
+                target = urlsplit(urljoin(str(answer.url), href))
+                mounted = _MOUNTED.match(target.path)
+                if mounted and f"{target.scheme}://{target.netloc}" == origin:
+                    guesses.append(origin + mounted.group(1).rstrip("/"))
+        if here.path.strip("/"):
+            guesses.append(origin)  # a prefix too many (or a wrong one)
+        return [g for g in dict.fromkeys(guesses) if g != self.url][:6]
 
     async def close(self) -> None:
         await self.client.aclose()

@@ -9,10 +9,8 @@ engine and run it. :func:`_run` turns every error into one line on stderr and an
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import math
-import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -34,6 +32,7 @@ from .backends import (
 )
 from .render import (
     console_for_output,
+    fail,
     render_dead,
     render_instance,
     render_instances,
@@ -41,6 +40,7 @@ from .render import (
     render_workflow,
     render_workflows,
 )
+from .serving import dev, serve, worker
 
 T = TypeVar("T")
 
@@ -50,13 +50,14 @@ def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]]) -> T:
     from ..errors import PerdureError
 
     options = ctx.obj
+    url, db = _target(options)
 
     async def main() -> T:
         backend: Backend
-        if options.get("db"):
-            backend = DbBackend(options["db"])
+        if db:
+            backend = DbBackend(db)
         else:
-            backend = HttpBackend(options.get("url") or DEFAULT_URL, options.get("token"))
+            backend = HttpBackend(url or DEFAULT_URL, options.get("token"))
         try:
             return await action(backend)
         finally:
@@ -65,17 +66,27 @@ def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]]) -> T:
     try:
         return asyncio.run(main())
     except CliError as exc:
-        _fail(str(exc), exc.exit_code)
+        fail(str(exc), exc.exit_code)
     except (PerdureError, ValueError) as exc:
-        _fail(str(exc), exit_code(exc))
+        fail(str(exc), exit_code(exc))
     except Exception as exc:  # a database that cannot be opened or reached, and the like
-        _fail(f"{type(exc).__name__}: {exc}".strip(), EXIT_FAILURE)
+        fail(f"{type(exc).__name__}: {exc}".strip(), EXIT_FAILURE)
     raise AssertionError("unreachable")
 
 
-def _fail(message: str, code: int) -> None:
-    Console(stderr=True).print(f"[bold red]✘[/] {escape(message)}", highlight=False, soft_wrap=True)
-    sys.exit(code)
+def _target(options: dict[str, Any]) -> tuple[str | None, str | None]:
+    """The ``(url, db)`` a client command uses: ``--url`` or ``--db`` given on the command line
+    (before or after the command) win over ``PERDURE_URL`` and ``PERDURE_DB``, which win over
+    the default URL. Both given the same way is an error: it is unclear which was meant."""
+    url, db = options.get("url"), options.get("db")
+    if url and db:
+        fail("pass either --url or --db, not both", EXIT_INPUT)
+    if url or db:
+        return url, db
+    url, db = options.get("env_url"), options.get("env_db")
+    if url and db:
+        fail("PERDURE_URL and PERDURE_DB are both set: pass --url or --db to choose", EXIT_INPUT)
+    return url, db
 
 
 def _emit(ctx: click.Context, data: Any, render: Callable[[Console, Any], None]) -> None:
@@ -88,10 +99,13 @@ def _emit(ctx: click.Context, data: Any, render: Callable[[Console, Any], None])
 def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``--url``, ``--db``, ``--token`` and ``--json`` on a command (also accepted before it)."""
 
-    @click.option("--url", help="server URL (env PERDURE_URL; default http://127.0.0.1:8080)")
+    @click.option(
+        "--url",
+        help=f"server URL, with the prefix an app mounts Perdure under (env PERDURE_URL; default {DEFAULT_URL})",
+    )
     @click.option("--db", help="use this database directly instead of a server (env PERDURE_DB)")
     @click.option("--token", help="bearer token for the server (env PERDURE_TOKEN)")
-    @click.option("--json", "as_json", is_flag=True, default=None, help="print JSON")
+    @click.option("--json", "as_json", is_flag=True, default=None, help="print JSON instead of tables")
     @click.pass_context
     def wrapper(
         ctx: click.Context, /, url: str | None, db: str | None, token: str | None, as_json: bool | None, **kw: Any
@@ -99,8 +113,7 @@ def client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         for key, value in (("url", url), ("db", db), ("token", token), ("json", as_json)):
             if value is not None:
                 ctx.obj[key] = value
-        if ctx.obj.get("url") and ctx.obj.get("db"):
-            _fail("pass either --url or --db, not both", EXIT_INPUT)
+        _target(ctx.obj)
         return ctx.invoke(fn, **kw)
 
     wrapper.__name__ = fn.__name__
@@ -114,22 +127,55 @@ def _parse_json(text: str | None, what: str) -> Any:
     try:
         return json.loads(text)
     except ValueError as exc:
-        _fail(f"{what} is not valid JSON: {exc}", EXIT_INPUT)
+        fail(f"{what} is not valid JSON: {exc}", EXIT_INPUT)
     return None
 
 
+class _Perdure(click.Group):
+    """The ``perdure`` group: a feature whose optional extra is not installed ends any command
+    with one line naming the extra (exit code 1), never a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from ..errors import MissingExtraError
+
+        try:
+            return super().invoke(ctx)
+        except MissingExtraError as exc:
+            fail(str(exc), EXIT_FAILURE)
+
+
 # -- commands -----------------------------------------------------------------------------------
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--url", envvar="PERDURE_URL", help="server URL (default http://127.0.0.1:8080)")
-@click.option("--db", envvar="PERDURE_DB", help="use this database directly instead of a server")
-@click.option("--token", envvar="PERDURE_TOKEN", help="bearer token for the server")
-@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.group(cls=_Perdure, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--url",
+    envvar="PERDURE_URL",
+    help=f"server URL, with the prefix an app mounts Perdure under, e.g. http://127.0.0.1:8787/perdure "
+    f"(env PERDURE_URL; default {DEFAULT_URL}, what `perdure serve` binds)",
+)
+@click.option("--db", envvar="PERDURE_DB", help="use this database directly instead of a server (env PERDURE_DB)")
+@click.option("--token", envvar="PERDURE_TOKEN", help="bearer token for the server (env PERDURE_TOKEN)")
+@click.option("--json", "as_json", is_flag=True, help="print JSON (the REST API's documents) instead of tables")
 @click.version_option(package_name="perdure")
 @click.pass_context
 def main(ctx: click.Context, url: str | None, db: str | None, token: str | None, as_json: bool) -> None:
-    """Perdure: durable workflows. Inspect and control them, or serve them."""
+    """Perdure: durable workflows. Inspect and control them, or serve them.
+
+    Client commands reach a server at --url (else PERDURE_URL, else http://127.0.0.1:8080), or
+    a database with --db (else PERDURE_DB); an option on the command line, before or after the
+    command, wins over the environment. Tables keep every column and whole ids when the output
+    is not a terminal (one row a line, for grep); --json is for scripts."""
+    from click.core import ParameterSource
+
     ctx.ensure_object(dict)
-    ctx.obj.update(url=url, db=db, token=token, json=as_json)
+    from_env = {name: ctx.get_parameter_source(name) == ParameterSource.ENVIRONMENT for name in ("url", "db")}
+    ctx.obj.update(
+        url=None if from_env["url"] else url,
+        db=None if from_env["db"] else db,
+        env_url=url if from_env["url"] else None,
+        env_db=db if from_env["db"] else None,
+        token=token,
+        json=as_json,
+    )
 
 
 @main.group()
@@ -195,15 +241,17 @@ def instances_list(
 @instances.command("describe")
 @click.argument("name")
 @click.argument("instance_id", default="latest", metavar="[ID|latest]")
-@click.option("--step-output/--no-step-output", default=True, show_default=True, help="show step outputs")
+@click.option(
+    "--step-output/--no-step-output", default=True, show_default=True, help="show the outputs (steps and instance)"
+)
 @click.option(
     "--truncate-output-limit",
     type=click.IntRange(1),
     default=5000,
     show_default=True,
-    help="cut each shown output after this many characters (not with --full)",
+    help="cut each shortened output after this many characters (ignored with --full)",
 )
-@click.option("--full", is_flag=True, help="show outputs whole, not shortened (a list of 384 floats stays a list)")
+@click.option("--full", is_flag=True, help="print every output whole: neither shortened nor cut")
 @client_options
 @click.pass_context
 def instances_describe(
@@ -211,9 +259,11 @@ def instances_describe(
 ) -> None:
     """One instance's status and step timeline (ID defaults to the latest).
 
-    Large outputs are shortened as on the dashboard: a long list of numbers reads
-    ``[384 floats]``, long lists and strings say how much was left out. ``--full`` shows them
-    whole; ``--json`` prints the whole document."""
+    Outputs are shortened the way the dashboard shows them: a list of more than 16 numbers
+    reads [384 floats], a longer list keeps its first 50 items and a string its first 500
+    characters, with a note of how much was left out; each output is then cut after
+    --truncate-output-limit characters. --full prints them whole, --no-step-output hides them,
+    and --json prints the whole document (never shortened)."""
     detail = _run(ctx, lambda b: b.describe(name, instance_id))
     _emit(
         ctx,
@@ -295,9 +345,9 @@ def queues_send(ctx: click.Context, name: str, body: str, delay: float) -> None:
 
     BODY_JSON is any JSON value up to 1 MiB."""
     if not math.isfinite(delay):
-        _fail(f"--delay must be a finite number of seconds, got {delay}", EXIT_INPUT)
+        fail(f"--delay must be a finite number of seconds, got {delay}", EXIT_INPUT)
     if not body.strip():
-        _fail("BODY_JSON is empty: pass a JSON value, e.g. '{\"n\": 1}' or 'null'", EXIT_INPUT)
+        fail("BODY_JSON is empty: pass a JSON value, e.g. '{\"n\": 1}' or 'null'", EXIT_INPUT)
     value = _parse_json(body, "BODY_JSON")
     sent = _run(ctx, lambda b: db_only(b).queue_send(name, value, delay))
     later = f" (receivable in {sent['delay']:g} s)" if sent["delay"] else ""
@@ -330,130 +380,7 @@ def queues_redrive(ctx: click.Context, name: str) -> None:
     )
 
 
-# -- servers ------------------------------------------------------------------------------------
-LOOPBACK_NAMES = ["127.0.0.1", "localhost", "::1"]
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def _load(app_spec: str) -> Any:
-    from .app_loader import AppLoadError, load_engine
-
-    try:
-        return load_engine(app_spec)
-    except AppLoadError as exc:
-        _fail(str(exc), EXIT_INPUT)
-
-
-def cli_url(host: str, port: int, prefix: str = "") -> str:
-    """The ``--url`` that reaches a server bound to ``host``:``port`` (a wildcard bind is
-    reached on loopback), with the mount ``prefix`` an app put Perdure under."""
-    if host in ("0.0.0.0", "", "::"):
-        host = "127.0.0.1"
-    shown = f"[{host}]" if ":" in host else host
-    return f"http://{shown}:{port}{prefix}"
-
-
-def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worker: bool, log_level: str) -> None:
-    if not token and not is_loopback(host):
-        _fail(
-            f"refusing to listen on {host} without a token: anyone who can reach it could control your workflows. "
-            "Pass --token (or set PERDURE_TOKEN), or bind 127.0.0.1.",
-            EXIT_INPUT,
-        )
-    if token is not None and len(token) < 8:
-        _fail("the token must be at least 8 characters long", EXIT_INPUT)
-    from .._optional import require_extra
-    from ..errors import MissingExtraError
-
-    try:
-        require_extra("server", f"perdure {'dev' if with_worker else 'serve'}")
-    except MissingExtraError as exc:
-        _fail(str(exc), EXIT_FAILURE)
-    import uvicorn
-
-    from ..server.api import create_app
-
-    engine = _load(app_spec)
-    allowed = LOOPBACK_NAMES if not token and is_loopback(host) else None
-    app = create_app(engine, token=token, allowed_hosts=allowed)
-
-    async def main() -> None:
-        await engine.ensure_store()
-        if with_worker:
-            await engine.start()
-        try:
-            config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
-            server = uvicorn.Server(config)
-            shown = f"[{host}]" if ":" in host else host
-            click.echo(
-                f"Perdure {'dev server' if with_worker else 'API'} on http://{shown}:{port}  "
-                f"(dashboard /dashboard/, API /api, OpenAPI /openapi.json, metrics /metrics)"
-                + ("; workers running" if with_worker else ""),
-                err=True,
-            )
-            click.echo(f"CLI: perdure --url {cli_url(host, port)} workflows list", err=True)
-            await server.serve()
-        finally:
-            await engine.stop()
-
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    except OSError as exc:
-        _fail(f"cannot serve on {host}:{port}: {exc}", EXIT_FAILURE)
-
-
-_SERVER_OPTIONS = [
-    click.option("--host", default="127.0.0.1", show_default=True, help="address to bind"),
-    click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True),
-    click.option("--token", "server_token", envvar="PERDURE_TOKEN", help="require this bearer token"),
-    click.option(
-        "--log-level", default="info", show_default=True, type=click.Choice(["debug", "info", "warning", "error"])
-    ),
-]
-
-
-def _server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for option in reversed(_SERVER_OPTIONS):
-        fn = option(fn)
-    return fn
-
-
-@main.command()
-@click.argument("app", metavar="APP")
-@_server_options
-def serve(app: str, host: str, port: int, server_token: str | None, log_level: str) -> None:
-    """Serve the REST API, dashboard and metrics for APP (module:attribute naming an Engine).
-
-    Binds 127.0.0.1 by default; any other address needs --token (or PERDURE_TOKEN)."""
-    _serve(app, host, port, server_token, with_worker=False, log_level=log_level)
-
-
-@main.command()
-@click.argument("app", metavar="APP")
-@_server_options
-def dev(app: str, host: str, port: int, server_token: str | None, log_level: str) -> None:
-    """API server, dashboard and a worker for APP in one process (local development)."""
-    _serve(app, host, port, server_token, with_worker=True, log_level=log_level)
-
-
-@main.command()
-@click.argument("app", metavar="APP")
-def worker(app: str) -> None:
-    """Run a worker process for APP (module:attribute naming an Engine)."""
-    from .app_loader import AppLoadError
-    from .worker import run_worker
-
-    try:
-        run_worker(app)
-    except AppLoadError as exc:
-        _fail(str(exc), EXIT_INPUT)
+# -- servers: in perdure.cli.serving --------------------------------------------------------------
+main.add_command(serve)
+main.add_command(dev)
+main.add_command(worker)

@@ -9,11 +9,12 @@ shared with the dashboard.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.cells import cell_len
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
@@ -30,35 +31,83 @@ from ..server.formatting import (
 WHOLE = ("Id", "Step", "Name", "Queue", "Message")
 
 
+def fail(message: str, code: int) -> NoReturn:
+    """Print ``message`` as one line on stderr (``✘ message``) and exit with ``code``."""
+    import sys
+
+    Console(stderr=True).print(f"[bold red]✘[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def _short(value: Any, limit: int) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[:limit] + f"… ({len(text) - limit} more characters)"
 
 
+# The width of a console that is not a terminal: every table row fits on one line.
+PIPE_WIDTH = 4096
+
+
 def console_for_output() -> Console:
     """The console for answers: on a terminal, its width; otherwise (a pipe, a file) wide enough
-    that every table row stays on one line, so no column is dropped or cut for ``grep``."""
-    import sys
+    that every table row stays on one line, so no column is dropped or cut for ``grep``.
 
-    wide = None if sys.stdout.isatty() else 4096
-    return Console(highlight=False, soft_wrap=True, width=wide)
+    Rich decides what is a terminal: ``TTY_COMPATIBLE=1`` or ``FORCE_COLOR`` make a pipe one."""
+    console = Console(highlight=False, soft_wrap=True)
+    if console.is_terminal:
+        return console
+    return Console(highlight=False, soft_wrap=True, width=PIPE_WIDTH)
 
 
 def _table(*headers: str) -> Table:
-    # On a narrow terminal other columns wrap (fold), they are never cut short with "…".
-    table = Table(box=None, header_style="bold")
+    table = Table(box=None, header_style="bold", pad_edge=False)  # a line starts with its first value
     for header in headers:
         table.add_column(header, overflow="fold")
     return table
 
 
 def _print(console: Console, table: Table) -> None:
-    """Print ``table`` with the :data:`WHOLE` columns as wide as their widest value."""
+    """Print ``table`` so that no column is dropped and no :data:`WHOLE` value cut.
+
+    The :data:`WHOLE` columns are as wide as their widest value; the others may wrap, but not
+    within a word. A table that does not fit even so (a narrow terminal) is printed as one
+    block of ``Header: value`` lines per row instead. Off a terminal, lines carry no trailing
+    blanks."""
     for column in table.columns:
+        cells = [str(column.header), *(str(cell) for cell in column.cells)]
         if column.header in WHOLE:
             column.no_wrap = True
-            column.min_width = max([cell_len(str(column.header))] + [cell_len(str(c)) for c in column.cells])
-    console.print(table)
+            column.min_width = max(cell_len(cell) for cell in cells)
+        else:
+            column.min_width = max(cell_len(word) for cell in cells for word in cell.split() or [""])
+    _, right, _, left = Padding.unpack(table.padding)
+    needed = sum((column.min_width or 0) + left + right for column in table.columns) - (left + right)
+    if needed > console.width:
+        _print_records(console, table)
+    else:
+        _out(console, table)
+
+
+def _out(console: Console, renderable: Table) -> None:
+    """Print ``renderable``; off a terminal without the blanks that pad its lines."""
+    if console.is_terminal:
+        console.print(renderable)
+        return
+    with console.capture() as captured:
+        console.print(renderable)
+    console.out("\n".join(line.rstrip() for line in captured.get().splitlines()), highlight=False)
+
+
+def _print_records(console: Console, table: Table) -> None:
+    headers = [str(column.header) for column in table.columns]
+    width = max(cell_len(h) for h in headers) + 2
+    for number, row in enumerate(zip(*(column.cells for column in table.columns), strict=True)):
+        if number:
+            console.print()
+        for header, cell in zip(headers, row, strict=True):
+            line = Text(f"{header}:".ljust(width), style="bold")
+            line.append(cell if isinstance(cell, Text) else Text(str(cell)))
+            console.print(line, soft_wrap=True)
 
 
 def render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None:
@@ -86,7 +135,7 @@ def render_workflow(console: Console, wf: dict[str, Any]) -> None:
     grid.add_row("Step limit:", str(wf["step_limit"] or "-"))
     grid.add_row("Last registered:", human_time(wf.get("last_registered_at")))
     grid.add_row("Instances:", f"{wf['total']} ({', '.join(f'{s} {n}' for s, n in wf['instances'].items()) or 'none'})")
-    console.print(grid)
+    _out(console, grid)
 
 
 def render_instances(console: Console, page: dict[str, Any]) -> None:
@@ -132,8 +181,15 @@ def render_instance(
     :func:`~perdure.server.formatting.shorten`-ed (``[384 floats]``) and cut after ``limit``
     characters, unless ``full``."""
 
+    cut = False
+
     def shown(value: Any) -> str:
-        return json.dumps(value, ensure_ascii=False) if full else _short(shorten(value), limit)
+        nonlocal cut
+        if full:
+            return json.dumps(value, ensure_ascii=False)
+        text = _short(shorten(value), limit)
+        cut = cut or text != json.dumps(value, ensure_ascii=False)
+        return text
 
     from datetime import datetime
 
@@ -157,10 +213,11 @@ def render_instance(
         grid.add_row("Error:", Text(f"{d['error']['name']}: {d['error']['message']}", style="red"))
     if d.get("output") is not None and step_output:
         grid.add_row("Output:", shown(d["output"]))
-    console.print(grid)
+    _out(console, grid)
     steps = d["steps"]
     if not steps:
         console.print("\nNo steps yet.")
+        _note_cut(console, cut)
         return
 
     def ts(v: str | None) -> float | None:
@@ -197,6 +254,12 @@ def render_instance(
             console.print(Text(s["label"], style="bold"))
             for line in details:
                 console.print(line)
+    _note_cut(console, cut)
+
+
+def _note_cut(console: Console, cut: bool) -> None:
+    if cut:
+        console.print("\n[dim]Outputs are shortened: --full shows them whole, --json prints the whole document.[/]")
 
 
 def render_queues(console: Console, rows: list[dict[str, Any]]) -> None:

@@ -23,6 +23,7 @@ import signal
 import sys
 
 from ..engine import Engine
+from ..errors import MissingExtraError
 
 log = logging.getLogger("perdure.worker")
 
@@ -78,6 +79,8 @@ async def _start(engine: Engine, stop: asyncio.Event) -> bool:
         try:
             await engine.start()
             return True
+        except MissingExtraError:
+            raise  # waiting does not install it
         except Exception as exc:  # the database is down or not there yet: keep trying
             log.warning("perdure worker: cannot start (%s: %s); retrying in %.1fs", type(exc).__name__, exc, delay)
             with contextlib.suppress(Exception):
@@ -121,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     except AppLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except MissingExtraError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -29,9 +29,14 @@ from collections import defaultdict
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client.core import GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+except ModuleNotFoundError as exc:  # one line naming the extra, not a traceback
+    from .._optional import missing_extra
+
+    raise missing_extra("server", "the Prometheus metrics (perdure.server.metrics)", exc.name) from None
 
 from ..records import DO, QUEUED, SLEEP, STATUSES, StepRecord
 from ..retries import retry_delay

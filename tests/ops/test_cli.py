@@ -142,7 +142,7 @@ def dev_server(tmp_path: Path) -> Iterator[str]:
 @pytest.mark.slow
 def test_cli_against_a_real_server(dev_server: str, tmp_path: Path) -> None:
     said = (tmp_path / "server.log").read_text()
-    assert f"CLI: perdure --url {dev_server} workflows list" in said  # the server says how to reach it
+    assert f"CLI: perdure --url {dev_server} instances list approval" in said  # the server says how to reach it
     url = ("--url", dev_server)
     created = as_json(invoke("workflows", "trigger", "hello", '{"name": "Bo"}', "--id", "http-1", "--json", *url))
     assert created["trigger"] == {"source": "api"}

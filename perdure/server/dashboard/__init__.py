@@ -24,16 +24,22 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
-from starlette.templating import Jinja2Templates
+try:
+    import jinja2  # noqa: F401 - Jinja2Templates needs it, and says so only with an AssertionError
+    from starlette.requests import Request
+    from starlette.responses import RedirectResponse, Response
+    from starlette.routing import BaseRoute, Mount, Route
+    from starlette.staticfiles import StaticFiles
+    from starlette.templating import Jinja2Templates
+except ModuleNotFoundError as exc:  # one line naming the extra, not a traceback
+    from ..._optional import missing_extra
+
+    raise missing_extra("server", "the dashboard (perdure.server.dashboard)", exc.name) from None
 
 from ... import validators
 from ...errors import PerdureError, ValidationError
 from ...records import STATUSES, TERMINAL
-from ..formatting import human_ms, human_time, pretty_json
+from ..formatting import human_ms, human_time, pretty_json, shorten
 from ..operations import ACTIONS, Operations, instance_summary
 
 HERE = Path(__file__).parent
@@ -45,6 +51,7 @@ templates.env.filters["ms"] = human_ms
 templates.env.filters["time"] = human_time
 templates.env.filters["pretty"] = pretty_json
 templates.env.filters["pretty_short"] = lambda value: pretty_json(value, short=True)
+templates.env.tests["shortened"] = lambda value: shorten(value) != value
 
 
 async def _form(request: Request) -> dict[str, str]:
@@ -205,6 +212,8 @@ async def instance_page(request: Request) -> Response:
         "live": detail["status"] in _LIVE,
         "actions": ACTIONS,
         "title": f"{name} / {detail['id']}",
+        # The whole document (every output in full), for outputs the page shows shortened.
+        "api_url": f"{_base(request)}/api/workflows/{quote(name, safe='')}/instances/{quote(detail['id'], safe='')}",
     }
     return _render(request, "instance.html", context)
 
