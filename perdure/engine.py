@@ -103,6 +103,8 @@ class Engine:
         self.max_concurrent = max_concurrent
         self.poll_interval = float(poll_interval)
         self.lease_ttl = float(lease_ttl)
+        # How often an idle dispatcher looks for runs whose worker died (see _dispatch_loop).
+        self._sweep_every = min(1.0, self.lease_ttl / 3)
         self.fast_wait = float(fast_wait)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._registry: dict[str, Registration] = {}
@@ -279,6 +281,7 @@ class Engine:
     async def _dispatch_loop(self) -> None:
         assert self._nudge is not None
         claim_now = True
+        last_sweep = time.monotonic()
         while True:
             try:
                 if self._check_control:
@@ -317,6 +320,13 @@ class Engine:
                 elif await self.store.changed():
                     claim_now = True
                     self._check_control = True
+                elif time.monotonic() - last_sweep >= self._sweep_every:
+                    # A worker that died announces nothing, and an idle worker sees no write:
+                    # look now and then for runs whose owner is gone (a dead process on this
+                    # host at once, any other once its lease ran out) and claim them.
+                    last_sweep = time.monotonic()
+                    await self._expire_dead_local_owners()
+                    claim_now = True
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup must not kill the worker

@@ -121,3 +121,33 @@ async def test_sleeps_and_waits_keep_their_deadlines_across_sigkill(db_url: str,
         worker.kill()
         worker.wait()
         await client.stop()
+
+
+async def test_an_idle_worker_takes_over_from_a_worker_killed_mid_run(db_url: str, tmp_path: Path) -> None:
+    """Two workers; the one running the only instance is SIGKILLed. Nothing else is written,
+    so only the survivor's own sweep can find the orphan: it must, within about a lease."""
+    effects = tmp_path / "effects.log"
+    client = make_engine(db_url, str(effects))
+    workers = [start_worker(db_url, effects), start_worker(db_url, effects)]
+    try:
+        instance = await client.binding("twenty").create(id="orphan")
+        owner = None
+        for _ in range(500):
+            record = await client.store.get_instance("twenty", "orphan")
+            if record is not None and record.owner:
+                owner = record.owner
+                break
+            await asyncio.sleep(0.01)
+        assert owner is not None
+        victim = next(w for w in workers if f":{w.pid}:" in owner)
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.wait()
+        status = await instance.wait(timeout=15)  # lease_ttl 3 s: well within
+        assert status == {"status": "complete", "output": sum(range(STEPS)), "error": None}
+        record = await client.store.get_instance("twenty", "orphan")
+        assert record is not None and record.owner != owner
+    finally:
+        for worker in workers:
+            worker.kill()
+            worker.wait()
+    await client.stop()
