@@ -26,15 +26,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from .._optional import require_extra
+try:
+    from starlette.applications import Starlette
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, RedirectResponse, Response
+    from starlette.routing import BaseRoute, Route
+except ModuleNotFoundError as exc:  # one line naming the extra, not a traceback
+    from .._optional import missing_extra
 
-require_extra("server", "the REST API, dashboard and metrics (perdure.server)")
-
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
-from starlette.routing import BaseRoute, Route
+    raise missing_extra("server", "the REST API, dashboard and metrics (perdure.server)", exc.name) from None
 
 from ..errors import (
     InstanceAlreadyExistsError,

@@ -63,12 +63,9 @@ class RedisStreamConsumer(BackgroundConsumer):
         dead_letter_stream: str | None = None,
     ) -> None:
         if isinstance(redis, str):
-            from .._optional import require_extra
+            from .._optional import require
 
-            require_extra("redis", "the Redis Streams trigger")
-            import redis.asyncio as aioredis
-
-            redis = aioredis.from_url(redis)
+            redis = require("redis.asyncio", "redis", "the Redis Streams trigger").from_url(redis)
         self.redis = redis
         self.stream = stream
         self.handler = handler

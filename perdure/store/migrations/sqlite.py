@@ -21,6 +21,20 @@ import sqlite3
 # a queue consumer's default instance id ``<queue>-<message id>`` then names an instance that
 # exists, so a new message was acked without starting one (see _never_reuse_message_ids).
 SCHEMA_VERSION = 5
+# The queue messages' table and index: in the layout, and again when layout 5 rebuilds them.
+_QUEUE_MESSAGES = (
+    """CREATE TABLE IF NOT EXISTS perdure_queue_messages (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    queue TEXT NOT NULL,
+    body TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    created_at REAL NOT NULL,
+    visible_at REAL NOT NULL,
+    lease TEXT,
+    last_error TEXT
+)""",
+    "CREATE INDEX IF NOT EXISTS ix_perdure_queue_ready ON perdure_queue_messages (queue, visible_at, id)",
+)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS instances (
@@ -90,17 +104,6 @@ CREATE TABLE IF NOT EXISTS workflows (
     registered_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS perdure_queue_messages (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    queue TEXT NOT NULL,
-    body TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    created_at REAL NOT NULL,
-    visible_at REAL NOT NULL,
-    lease TEXT,
-    last_error TEXT
-);
-CREATE INDEX IF NOT EXISTS ix_perdure_queue_ready ON perdure_queue_messages (queue, visible_at, id);
 CREATE TABLE IF NOT EXISTS perdure_queue_dead (
     id INTEGER PRIMARY KEY,
     queue TEXT NOT NULL,
@@ -112,7 +115,7 @@ CREATE TABLE IF NOT EXISTS perdure_queue_dead (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON perdure_queue_dead (queue, id);
-"""
+""" + "".join(f"{statement};\n" for statement in _QUEUE_MESSAGES)
 
 # The number of instances of each (workflow, status), kept by triggers on instances, so that
 # count_by_status reads a few rows instead of an index of every instance. SQLite has one writer
@@ -180,8 +183,7 @@ def _never_reuse_message_ids(conn: sqlite3.Connection) -> None:
         return
     conn.execute("ALTER TABLE perdure_queue_messages RENAME TO perdure_queue_messages_old")
     conn.execute("DROP INDEX IF EXISTS ix_perdure_queue_ready")
-    create = _SCHEMA[_SCHEMA.index("CREATE TABLE IF NOT EXISTS perdure_queue_messages") :]
-    for statement in create.split(";")[:2]:  # the table and its index
+    for statement in _QUEUE_MESSAGES:
         conn.execute(statement)
     conn.execute("INSERT INTO perdure_queue_messages SELECT * FROM perdure_queue_messages_old")
     conn.execute("DROP TABLE perdure_queue_messages_old")
