@@ -26,6 +26,7 @@ from .clock import Clock, run_with_timeout
 from .durations import Duration, parse_duration, parse_timestamp
 from .errors import EventTimeoutError, Fenced, NonRetryableError, ValidationError, WorkflowTimeoutError
 from .event import to_datetime
+from .leases import AlwaysFresh, LeaseGate, LeaseLost
 from .records import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
 from .retries import resolve_config, retry_delay, timeout_seconds
 from .serde import error_info, rebuild_error
@@ -101,8 +102,10 @@ class Step:
         steps: list[StepRecord],
         step_limit: int,
         fast_wait: float,
+        lease: LeaseGate | None = None,
     ) -> None:
         self._store = store
+        self._lease = lease if lease is not None else AlwaysFresh()
         self._pk = pk
         self._epoch = epoch
         self._clock = clock
@@ -300,9 +303,19 @@ class Step:
             await self._save(record)
 
     async def _call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-        if inspect.iscoroutinefunction(fn):
-            return await fn(**kwargs)
-        result = await asyncio.to_thread(fn, **kwargs)  # plain functions never block the event loop
+        # An attempt starts only under a fresh lease (see perdure.leases): after a stall the
+        # instance may be another worker's, and its side effects must not run out of order.
+        try:
+            await self._lease.ensure()
+            if inspect.iscoroutinefunction(fn):
+                return await fn(**kwargs)
+            while True:  # plain functions run in a thread, never blocking the event loop
+                started, result = await asyncio.to_thread(self._lease.call_if_fresh, fn, kwargs)
+                if started:
+                    break
+                await self._lease.ensure()  # it waited in the pool past its lease: renew first
+        except LeaseLost as lost:  # start nothing; a lost run is claimed again once its lease runs out
+            raise Stop("lost" if lost.store_failed else "fenced") from None
         if inspect.isawaitable(result):
             result = await result
         return result

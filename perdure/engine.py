@@ -43,6 +43,7 @@ from .cron import run_schedule, validate_cron
 from .entrypoint import WorkflowEntrypoint
 from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
+from .leases import LeaseGate
 from .records import COMPLETE, ERRORED, TERMINAL, InstanceRecord, WorkflowRecord
 from .serde import error_info
 from .store import Store, open_store
@@ -109,6 +110,8 @@ class Engine:
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._registry: dict[str, Registration] = {}
         self._running: dict[int, tuple[int, asyncio.Task[None]]] = {}
+        self._gates: dict[int, LeaseGate] = {}  # how fresh each run's lease is (perdure.leases)
+        self._refreshing: asyncio.Task[set[int]] | None = None
         self._background: list[asyncio.Task[None]] = []
         self._nudge: asyncio.Event | None = None
         self._check_control = False
@@ -291,12 +294,12 @@ class Engine:
                 tried = False
                 if claim_now and free > 0:
                     claim_now, tried = False, True
-                    now, wall = self.clock.now(), time.time()
+                    now, wall, leased_at = self.clock.now(), time.time(), time.monotonic()
                     claimed = await self.store.claim(
                         self.owner, free, now, wall + self.lease_ttl, list(self._registry), lease_now=wall
                     )
                     for record in claimed:
-                        self._launch(record)
+                        self._launch(record, leased_at)
                     if len(claimed) == free:
                         claim_now = True  # there may be more; claim again when a slot frees
                 # A timer counts only while a slot is free (a finished run nudges us), and one
@@ -369,18 +372,35 @@ class Engine:
                     for _, task in self._running.values():
                         task.cancel()
 
-    async def _renew_leases(self) -> None:
+    async def _renew_leases(self) -> set[int]:
         """Renew, trying twice: after a long pause (a stopped process, a GC) the first try
-        often meets a connection the server has closed, and the second gets a fresh one."""
+        often meets a connection the server has closed, and the second gets a fresh one.
+        Returns the instances still ours; their lease gates are fresh again."""
         for attempt in (1, 2):
             try:
+                pks, started = list(self._running), time.monotonic()
                 async with asyncio.timeout(self.lease_ttl / 3):
-                    await self.store.renew_leases(self.owner, list(self._running), time.time() + self.lease_ttl)
-                return
+                    renewed = await self.store.renew_leases(self.owner, pks, time.time() + self.lease_ttl)
+                break
             except Exception:
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.05)
+        for pk in renewed:
+            gate = self._gates.get(pk)
+            if gate is not None:
+                gate.renewed_at = max(gate.renewed_at, started)
+        if len(renewed) < len(pks):  # some moved on: cancel those runs now
+            self._check_control = True
+            self.nudge()
+        return renewed
+
+    async def _refresh_leases(self) -> set[int]:
+        """Renew every lease now, for a run whose gate went stale (one renewal at a time:
+        after a stall, every queued attempt asks at once)."""
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._renew_leases(), name="perdure-lease-refresh")
+        return await asyncio.shield(self._refreshing)
 
     async def _expire_dead_local_owners(self) -> None:
         """Instances held by a process on this host that no longer exists are claimable now,
@@ -394,15 +414,18 @@ class Engine:
         if dead:
             await self.store.expire_leases(dead)
 
-    def _launch(self, record: InstanceRecord) -> None:
+    def _launch(self, record: InstanceRecord, leased_at: float) -> None:
         previous = self._running.get(record.pk)
         if previous is not None:  # we reclaimed our own instance after its lease ran out
             previous[1].cancel()
-        task = asyncio.create_task(self._execute(record), name=f"perdure-{record.workflow}-{record.id}")
+        gate = LeaseGate(record.pk, self.lease_ttl, self._refresh_leases)
+        gate.renewed_at = leased_at
+        self._gates[record.pk] = gate
+        task = asyncio.create_task(self._execute(record, gate), name=f"perdure-{record.workflow}-{record.id}")
         self._running[record.pk] = (record.epoch, task)
 
     # -- running one instance --------------------------------------------------------------------
-    async def _execute(self, record: InstanceRecord) -> None:
+    async def _execute(self, record: InstanceRecord, lease: LeaseGate) -> None:
         registration = self._registry[record.workflow]
         step: Step | None = None
         try:
@@ -415,6 +438,7 @@ class Engine:
                 steps=steps,
                 step_limit=registration.step_limit,
                 fast_wait=self.fast_wait,
+                lease=lease,
             )
             event = WorkflowEvent(
                 payload=record.params,
@@ -455,6 +479,8 @@ class Engine:
             current = self._running.get(record.pk)
             if current is not None and current[0] == record.epoch:
                 del self._running[record.pk]
+                if self._gates.get(record.pk) is lease:
+                    del self._gates[record.pk]
             self.instance_ended(record.pk)
             self.nudge()
 

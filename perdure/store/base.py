@@ -126,9 +126,10 @@ class Store(abc.ABC):
         whether a process is alive, which a test clock that jumps an hour must not decide."""
 
     @abc.abstractmethod
-    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
+    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> set[int]:
         """Extend the leases of the instances ``owner`` is running now (only those: a run the
-        worker gave up on must expire so that another worker takes it)."""
+        worker gave up on must expire so that another worker takes it). Returns the instances
+        whose lease was extended: the others are no longer ``owner``'s."""
 
     @abc.abstractmethod
     async def expire_leases(self, owners: list[str]) -> None:

@@ -373,14 +373,18 @@ class PostgresStore(SQLStore):
         self._maybe_fold()
         return result
 
-    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
-        async def op(conn: Conn) -> None:
-            await conn.execute(
-                self._q("UPDATE {s}.instances SET lease_until = %s WHERE owner = %s AND pk = ANY(%s::bigint[])"),
+    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> set[int]:
+        async def op(conn: Conn) -> set[int]:
+            cur = await conn.execute(
+                self._q(
+                    "UPDATE {s}.instances SET lease_until = %s WHERE owner = %s AND pk = ANY(%s::bigint[]) RETURNING pk"
+                ),
                 (lease_until, owner, pks),
             )
+            return {int(pk) for (pk,) in await cur.fetchall()}
 
-        await self._write(op, single=True, idempotent=True)
+        result: set[int] = await self._write(op, single=True, idempotent=True)
+        return result
 
     async def expire_leases(self, owners: list[str]) -> None:
         async def op(conn: Conn) -> None:

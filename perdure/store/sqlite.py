@@ -317,14 +317,21 @@ class SQLiteStore(SQLStore):
         result: list[InstanceRecord] = await self._write(op)
         return result
 
-    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.executemany(
-                "UPDATE instances SET lease_until = ? WHERE owner = ? AND pk = ?",
-                [(lease_until, owner, pk) for pk in pks],
-            )
+    async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> set[int]:
+        def op(conn: sqlite3.Connection) -> set[int]:
+            renewed: set[int] = set()
+            for start in range(0, len(pks), 500):  # SQLite's limit on bound parameters
+                chunk = pks[start : start + 500]
+                rows = conn.execute(
+                    f"UPDATE instances SET lease_until = ? WHERE owner = ? AND pk IN ({','.join('?' * len(chunk))})"
+                    " RETURNING pk",
+                    (lease_until, owner, *chunk),
+                ).fetchall()
+                renewed.update(int(pk) for (pk,) in rows)
+            return renewed
 
-        await self._write(op)
+        result: set[int] = await self._write(op)
+        return result
 
     async def expire_leases(self, owners: list[str]) -> None:
         def op(conn: sqlite3.Connection) -> None:
