@@ -18,17 +18,33 @@ import asyncio
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from . import validators
 from .clock import Clock, run_with_timeout
 from .durations import Duration, parse_duration, parse_timestamp
-from .errors import EventTimeoutError, Fenced, NonRetryableError, ValidationError, WorkflowTimeoutError
+from .errors import (
+    EventTimeoutError,
+    Fenced,
+    NonRetryableDelayError,
+    NonRetryableError,
+    ValidationError,
+    WorkflowTimeoutError,
+)
 from .event import to_datetime
 from .leases import AlwaysFresh, LeaseGate, LeaseLost
 from .records import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
-from .retries import resolve_config, retry_delay, timeout_seconds
+from .retries import (
+    DEFAULT_CONFIG,
+    DYNAMIC_DELAY,
+    dynamic_base_delay,
+    public_config,
+    resolve_config,
+    retry_delay,
+    stored_config,
+    timeout_seconds,
+)
 from .serde import error_info, rebuild_error
 from .tracing import span
 
@@ -70,15 +86,43 @@ def _parameters(fn: Callable[..., Any]) -> list[str]:
     return names
 
 
+def _check_depends(name: str | None, depends: Any) -> list[StepFunction]:
+    if not isinstance(depends, (list, tuple)) or not all(isinstance(d, StepFunction) for d in depends):
+        raise TypeError(
+            f"step {name!r}: depends must be a list of step functions (made with @step.do), got {depends!r}"
+        )
+    return list(depends)
+
+
+def _check_positional(name: str, fn: Callable[..., Any], depends: list[StepFunction]) -> None:
+    params = [p for p in _parameters(fn) if p != "ctx"]
+    if len(params) != len(depends):
+        raise TypeError(
+            f"step {name!r}: depends lists {len(depends)} step function(s) "
+            f"({', '.join(d.__name__ for d in depends) or 'none'}) but {getattr(fn, '__name__', 'the function')} "
+            f"takes {len(params)} parameter(s) besides ctx ({', '.join(params) or 'none'}); "
+            "their results are passed in depends order"
+        )
+
+
 class StepFunction:
     """What ``@step.do(...)`` returns: awaiting ``fn()`` runs the step (the decorator alone does not)."""
 
-    def __init__(self, step: Step, fn: Callable[..., Any], name: str, config: Any, concurrent: bool) -> None:
+    def __init__(
+        self,
+        step: Step,
+        fn: Callable[..., Any],
+        name: str,
+        config: Any,
+        concurrent: bool,
+        depends: list[StepFunction] | None = None,
+    ) -> None:
         self._step = step
         self.fn = fn
         self.name = name
         self.config = config
         self.concurrent = concurrent
+        self.depends = depends
         self.__name__ = getattr(fn, "__name__", name)
         self.__doc__ = getattr(fn, "__doc__", None)
 
@@ -138,6 +182,27 @@ class Step:
     @overload
     def do(
         self,
+        name: str | None = None,
+        /,
+        *,
+        depends: Sequence[StepFunction],
+        config: Mapping[str, Any] | None = None,
+        concurrent: bool = False,
+    ) -> Callable[[Callable[..., Any]], StepFunction]: ...
+
+    @overload
+    def do(
+        self,
+        name: str,
+        depends: Sequence[StepFunction],
+        concurrent: bool = False,
+        config: Mapping[str, Any] | None = None,
+        /,
+    ) -> Callable[[Callable[..., Any]], StepFunction]: ...
+
+    @overload
+    def do(
+        self,
         name: str,
         fn: Callable[..., Any],
         /,
@@ -149,11 +214,14 @@ class Step:
     def do(
         self,
         name: Any = None,
-        fn: Callable[..., Any] | None = None,
+        fn: Any = None,
+        legacy_concurrent: bool | None = None,
+        legacy_config: Mapping[str, Any] | None = None,
         /,
         *,
         config: Mapping[str, Any] | None = None,
         concurrent: bool = False,
+        depends: Sequence[StepFunction] | None = None,
     ) -> Any:
         """Run ``fn`` as a durable, retried step.
 
@@ -162,24 +230,40 @@ class Step:
           ``await fn()`` runs it. Its parameters named like earlier step functions receive
           their results (run first if need be, concurrently with ``concurrent=True``); a
           parameter named ``ctx`` receives ``{"step": {"name", "count"}, "attempt", "config"}``.
+        * ``@step.do("name", depends=[a, b])`` (or ``step.do("name", [a, b], concurrent, config)``)
+          is the legacy form of Cloudflare's Python API: the results of ``a`` and ``b`` are
+          passed positionally, in that order, to the parameters other than ``ctx``.
         """
+        if isinstance(fn, (list, tuple)):  # legacy positional form: do(name, depends, concurrent, config)
+            depends, fn = fn, None
+            concurrent = bool(legacy_concurrent) if legacy_concurrent is not None else concurrent
+            config = legacy_config if legacy_config is not None else config
+        elif legacy_concurrent is not None or legacy_config is not None:
+            raise TypeError("step.do(name, fn): concurrent and config are keyword arguments here")
         if callable(name) and fn is None:  # bare @step.do
-            return self._declare(name, name.__name__, config, concurrent)
+            return self._declare(name, name.__name__, config, concurrent, None)
         if name is not None:
             validators.step_name(name)
+        checked = None if depends is None else _check_depends(name, depends)
         if fn is None:
 
             def decorator(func: Callable[..., Any]) -> StepFunction:
-                return self._declare(func, name or func.__name__, config, concurrent)
+                return self._declare(func, name or func.__name__, config, concurrent, checked)
 
             return decorator
+        if checked is not None:
+            raise TypeError(f"step {name!r}: depends= goes with the decorator form, @step.do(name, depends=[...])")
         if not callable(fn):
             raise TypeError(f"step.do({name!r}, fn): fn must be callable, got {type(fn).__name__}")
         return self._run_do(name, fn, config, concurrent)
 
-    def _declare(self, fn: Callable[..., Any], name: str, config: Any, concurrent: bool) -> StepFunction:
+    def _declare(
+        self, fn: Callable[..., Any], name: str, config: Any, concurrent: bool, depends: list[StepFunction] | None
+    ) -> StepFunction:
         validators.step_name(name)
-        declared = StepFunction(self, fn, name, config, concurrent)
+        if depends is not None:
+            _check_positional(name, fn, depends)
+        declared = StepFunction(self, fn, name, config, concurrent, depends)
         self._declared[declared.__name__] = declared
         return declared
 
@@ -188,7 +272,9 @@ class Step:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._in_flight[key] = future
         try:
-            result = await self._run_do(declared.name, declared.fn, declared.config, declared.concurrent)
+            result = await self._run_do(
+                declared.name, declared.fn, declared.config, declared.concurrent, declared.depends
+            )
         except BaseException as exc:
             if not future.done():
                 future.set_exception(exc)
@@ -201,15 +287,26 @@ class Step:
         future.set_result(result)
         return result
 
-    async def _dependency(self, param: str) -> Any:
+    async def _dependency(self, param: str, declared: StepFunction | None = None) -> Any:
         if param in self._results:
             return self._results[param]
         if param in self._in_flight:
             return await asyncio.shield(self._in_flight[param])
-        return await self._invoke(self._declared[param])
+        return await self._invoke(declared if declared is not None else self._declared[param])
 
-    async def _dependencies(self, name: str, fn: Callable[..., Any], concurrent: bool) -> dict[str, Any]:
-        """Results of the earlier step functions that ``fn``'s parameters name."""
+    async def _dependencies(
+        self, name: str, fn: Callable[..., Any], concurrent: bool, depends: list[StepFunction] | None = None
+    ) -> dict[str, Any]:
+        """Results of the earlier step functions that ``fn``'s parameters name (or, in the
+        legacy form, that ``depends`` lists, for its parameters in order)."""
+        if depends is not None:
+            params = [p for p in _parameters(fn) if p != "ctx"]
+            awaited = [self._dependency(d.__name__, d) for d in depends]
+            if concurrent and len(awaited) > 1:
+                values = list(await asyncio.gather(*awaited))
+            else:
+                values = [await a for a in awaited]
+            return dict(zip(params, values, strict=True))
         deps = [p for p in _parameters(fn) if p != "ctx"]
         for p in deps:
             if p not in self._declared:
@@ -221,7 +318,14 @@ class Step:
             return dict(zip(deps, await asyncio.gather(*(self._dependency(p) for p in deps)), strict=True))
         return {p: await self._dependency(p) for p in deps}
 
-    async def _run_do(self, name: str, fn: Callable[..., Any], config: Any, concurrent: bool) -> Any:
+    async def _run_do(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        config: Any,
+        concurrent: bool,
+        depends: list[StepFunction] | None = None,
+    ) -> Any:
         self._check_continue()
         self._do_calls += 1
         if self._do_calls > self._step_limit:
@@ -233,7 +337,7 @@ class Step:
                     "(set register(..., limits={'steps': n}))",
                 },
             )
-        kwargs = await self._dependencies(name, fn, concurrent)  # before our count: a stable order
+        kwargs = await self._dependencies(name, fn, concurrent, depends)  # before our count: a stable order
         count = self._next_count(DO, name)
         record = self._memo.get((DO, name, count))
         if record is not None and record.status == COMPLETE:
@@ -243,10 +347,14 @@ class Step:
             raise rebuild_error(record.error)
         if record is None:
             resolved = resolve_config(name, config)  # raises ValueError before any attempt
-            record = StepRecord(DO, name, count, "running", self._clock.now(), config=resolved)
+            record = StepRecord(DO, name, count, "running", self._clock.now(), config=stored_config(resolved))
             self._memo[record.key] = record
         else:
             resolved = record.config or resolve_config(name, config)
+            if resolved["retries"]["delay"] == DYNAMIC_DELAY:  # the live function comes from the code
+                live = resolve_config(name, config)
+                if callable(live["retries"]["delay"]):
+                    resolved = {**resolved, "retries": {**resolved["retries"], "delay": live["retries"]["delay"]}}
             if record.attempts and record.attempts[-1].get("end") is None:
                 record.attempts[-1].update(end=self._clock.now(), error=_LOST_ATTEMPT, lost=True)
         return await self._attempts(record, fn, resolved, kwargs, "ctx" in _parameters(fn))
@@ -261,12 +369,14 @@ class Step:
     ) -> Any:
         limit = config["retries"]["limit"]
         timeout = timeout_seconds(config)
+        shown = public_config(config)
+        delay = config["retries"]["delay"]
         while True:
             if record.wake_at is not None:  # a retry delay is pending
                 await self._wait_until(record.wake_at)
                 record.wake_at = None
             number = len(record.attempts) + 1
-            ctx = {"step": {"name": record.name, "count": record.count}, "attempt": number, "config": config}
+            ctx = {"step": {"name": record.name, "count": record.count}, "attempt": number, "config": shown}
             record.status = "running"
             record.attempts.append({"start": self._clock.now(), "end": None, "error": None})
             await self._save(record, durable=False)
@@ -298,8 +408,19 @@ class Step:
                 record.status, record.error, record.ended_at = "failed", error_info(failure), now
                 await self._save(record)
                 raise failure
+            base = None
+            if callable(delay):
+                try:
+                    base = await dynamic_base_delay(record.name, delay, ctx, failure)
+                except NonRetryableDelayError as exc:
+                    now = self._clock.now()
+                    record.status, record.error, record.ended_at = "failed", error_info(exc), now
+                    await self._save(record)
+                    raise exc from failure
+            elif delay == DYNAMIC_DELAY:  # the code no longer gives a function: the default delay
+                base = parse_duration(DEFAULT_CONFIG["retries"]["delay"])
             record.status = "retrying"
-            record.wake_at = now + retry_delay(config, failures)
+            record.wake_at = self._clock.now() + retry_delay(config, failures, base)
             await self._save(record)
 
     async def _call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:

@@ -48,6 +48,15 @@ class NonRetryableError(Exception):
         self.name = name
 
 
+class NonRetryableDelayError(NonRetryableError):
+    """A step's dynamic retry delay (``retries.delay`` as a function) raised, took longer than
+    5 seconds, or returned something that is not a duration: the step fails at once, without
+    further retries, with this error saying which."""
+
+    def __init__(self, message: str = "", name: str = "NonRetryableDelayError") -> None:
+        super().__init__(message, name)
+
+
 class WorkflowTimeoutError(Exception):
     """A step attempt outlived its ``timeout``; it counts as a failed attempt."""
 

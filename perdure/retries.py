@@ -1,12 +1,26 @@
-"""Step configuration: defaults, key-by-key merging, validation and backoff delays (SPEC §1.2)."""
+"""Step configuration: defaults, key-by-key merging, validation and backoff delays (SPEC §1.2).
+
+``retries.delay`` may be a function (Cloudflare's dynamic retry delay): ``delay(ctx, error)``,
+sync or async, called once per failed attempt that will be retried, returns the base duration
+that ``backoff`` then scales. A function cannot be stored, so the step's stored config holds
+:data:`DYNAMIC_DELAY` in its place and the live function is read from the code on every run;
+the ``ctx["config"]`` a step sees omits ``delay`` then.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .durations import parse_duration
-from .errors import ValidationError
+from .errors import NonRetryableDelayError, ValidationError
+
+DYNAMIC_DELAY = "[dynamic]"
+"""Stored in place of a delay function (as Cloudflare's local engine stores it)."""
+DELAY_FUNCTION_TIMEOUT = 5.0
+_DELAY_PARAMETERS = ("ctx", "error")
 
 DEFAULT_CONFIG: dict[str, Any] = {
     "retries": {"limit": 5, "delay": "10 seconds", "backoff": "exponential"},
@@ -57,10 +71,11 @@ def _validate(step: str, config: dict[str, Any]) -> None:
     limit = retries["limit"]
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValidationError(f"step {step!r}: 'retries.limit' must be an integer >= 0, got {limit!r}")
-    try:
-        parse_duration(retries["delay"], what=f"step {step!r}: 'retries.delay'")
-    except ValidationError:
-        raise
+    delay = retries["delay"]
+    if callable(delay):
+        _check_delay_function(step, delay)
+    elif delay != DYNAMIC_DELAY:
+        parse_duration(delay, what=f"step {step!r}: 'retries.delay'")
     if retries["backoff"] not in BACKOFFS:
         raise ValidationError(
             f"step {step!r}: 'retries.backoff' must be one of {', '.join(BACKOFFS)}, got {retries['backoff']!r}"
@@ -70,10 +85,78 @@ def _validate(step: str, config: dict[str, Any]) -> None:
         raise ValidationError(f"step {step!r}: 'timeout' must be greater than zero, got {config['timeout']!r}")
 
 
-def retry_delay(config: Mapping[str, Any], retry: int) -> float:
-    """Seconds to wait before retry number ``retry`` (1 after the first failure). No jitter."""
+def _check_delay_function(step: str, delay: Callable[..., Any]) -> None:
+    try:
+        parameters = inspect.signature(delay).parameters.values()
+    except (TypeError, ValueError):
+        return  # no signature to check (a builtin): it is called with (ctx, error)
+    for p in parameters:
+        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty:
+            if p.name not in _DELAY_PARAMETERS:
+                raise ValidationError(
+                    f"step {step!r}: the 'retries.delay' function's parameter {p.name!r} is not one the "
+                    "engine passes; use 'ctx' and/or 'error'"
+                )
+
+
+def has_dynamic_delay(config: Mapping[str, Any]) -> bool:
+    return callable(config["retries"]["delay"])
+
+
+def stored_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as it is stored with the step: a delay function becomes :data:`DYNAMIC_DELAY`."""
+    if not has_dynamic_delay(config):
+        return dict(config)
+    return {**config, "retries": {**config["retries"], "delay": DYNAMIC_DELAY}}
+
+
+def public_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """``config`` as a step's ``ctx["config"]`` shows it: without a dynamic delay."""
+    delay = config["retries"]["delay"]
+    if not callable(delay) and delay != DYNAMIC_DELAY:
+        return dict(config)
+    retries = {k: v for k, v in config["retries"].items() if k != "delay"}
+    return {**config, "retries": retries}
+
+
+async def dynamic_base_delay(step: str, delay: Callable[..., Any], ctx: dict[str, Any], error: Exception) -> float:
+    """Call a delay function (at most 5 seconds) and return its duration in seconds; raise
+    :class:`NonRetryableDelayError` saying why when it raises, times out or returns junk."""
+    offered = {"ctx": ctx, "error": error}
+    try:
+        names = [n for n in inspect.signature(delay).parameters if n in offered]
+        call: Callable[[], Any] = lambda: delay(**{n: offered[n] for n in names})  # noqa: E731
+    except (TypeError, ValueError):
+        call = lambda: delay(ctx, error)  # noqa: E731
+    prefix = f"The delay function for step {step!r}"
+    try:
+        async with asyncio.timeout(DELAY_FUNCTION_TIMEOUT):
+            if inspect.iscoroutinefunction(delay):
+                value = await call()
+            else:
+                value = await asyncio.to_thread(call)  # a plain function must not block the loop
+                if inspect.isawaitable(value):
+                    value = await value
+    except TimeoutError:
+        raise NonRetryableDelayError(f"{prefix} did not return within {DELAY_FUNCTION_TIMEOUT:g} seconds") from None
+    except Exception as exc:
+        raise NonRetryableDelayError(f"{prefix} threw an error: {type(exc).__name__}: {exc}") from None
+    try:
+        return parse_duration(value, what="the delay")
+    except ValidationError:
+        raise NonRetryableDelayError(
+            f"{prefix} returned an invalid delay value {value!r} (expected a number of milliseconds, a "
+            "timedelta or a duration string like '30 seconds')"
+        ) from None
+
+
+def retry_delay(config: Mapping[str, Any], retry: int, base: float | None = None) -> float:
+    """Seconds to wait before retry number ``retry`` (1 after the first failure). No jitter.
+
+    ``base``: the delay a delay function returned (in seconds), instead of ``retries.delay``."""
     retries = config["retries"]
-    base = parse_duration(retries["delay"])
+    if base is None:
+        base = parse_duration(retries["delay"])
     backoff = retries["backoff"]
     if backoff == "constant":
         return base
