@@ -234,7 +234,8 @@ async def endpoints(engine: Engine, runs: int, mid_pk: int, sample_ids: list[str
         def listing(params: dict[str, Any]) -> Callable[[int], Awaitable[Any]]:
             return lambda _: get(c, base, params)
 
-        mid = {"limit": PAGE, "cursor": encode_cursor(str(mid_pk))}
+        # the API signs its cursors with the database's key; one made here must be signed alike
+        mid = {"limit": PAGE, "cursor": encode_cursor(str(mid_pk), await engine.store.secret("cursors"))}
         selective, broad = sample_ids[0][:6], sample_ids[0][:2]
         out["first_page"] = summary(await timed_async(listing({"limit": PAGE}), runs))
         out["next_page"] = summary(await chain({"limit": PAGE}))

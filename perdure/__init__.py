@@ -19,10 +19,12 @@ Write a workflow, register it on an engine, create instances::
 
 from .binding import Instance, WorkflowBinding
 from .clock import Clock, SystemClock
-from .context import Step, StepFunction
+from .context import Step
+from .dag import StepFunction
 from .engine import Engine
 from .entrypoint import WorkflowEntrypoint
 from .errors import (
+    DatabaseLockedError,
     EventTimeoutError,
     InstanceAlreadyExistsError,
     InstanceNotFoundError,
@@ -31,6 +33,7 @@ from .errors import (
     NonRetryableDelayError,
     NonRetryableError,
     PerdureError,
+    ReadOnlyStoreError,
     StepError,
     ValidationError,
     WorkflowNotFoundError,
@@ -42,6 +45,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Clock",
+    "DatabaseLockedError",
     "Engine",
     "EventTimeoutError",
     "Instance",
@@ -52,6 +56,7 @@ __all__ = [
     "NonRetryableError",
     "MissingExtraError",
     "PerdureError",
+    "ReadOnlyStoreError",
     "Step",
     "StepError",
     "StepFunction",

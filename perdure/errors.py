@@ -7,6 +7,8 @@ Errors split in three families:
   :class:`StepError`);
 * binding errors raised by instance control (:class:`InstanceNotFoundError`,
   :class:`InstanceAlreadyExistsError`, :class:`InvalidStateError`);
+* store errors: :class:`DatabaseLockedError` (another process holds SQLite's write lock) and
+  :class:`ReadOnlyStoreError` (a write through a store opened read-only);
 * :class:`ValidationError`, a ``ValueError`` raised for bad input before anything is stored.
 
 And one signal between the store and the engine that user code never sees: :class:`Fenced`.
@@ -91,6 +93,28 @@ class InvalidStateError(PerdureError):
 
 class WorkflowNotFoundError(PerdureError, LookupError):
     """No workflow of that name is registered."""
+
+
+class DatabaseLockedError(PerdureError):
+    """Another process held the SQLite file's write lock for longer than the busy timeout.
+
+    SQLite lets one process write a file at a time; a writer that is stopped (``kill -STOP``, a
+    debugger, a suspended terminal job) while it holds the lock blocks every other writer
+    (readers go on). ``path`` is the file; ``pid`` the process that holds the lock when
+    ``/proc/locks`` tells (else None), and ``holder`` how it reads (its command line and
+    state)."""
+
+    def __init__(self, message: str, *, path: str, pid: int | None = None, holder: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.pid = pid
+        self.holder = holder
+
+
+class ReadOnlyStoreError(PerdureError):
+    """A write through a store opened read-only (``open_store(url, read_only=True)``), or a
+    read-only open of a file that cannot be read as it is (missing, not a Perdure database, or
+    in an older layout that only a writable open upgrades)."""
 
 
 class Fenced(Exception):

@@ -168,20 +168,25 @@ def _seg(value: str) -> str:
 
 
 class DbBackend:
-    """Reads and writes the database directly (no server needed)."""
+    """Reads and writes the database directly (no server needed).
 
-    def __init__(self, url: str) -> None:
+    ``read_only=True`` (the commands that only read) opens a SQLite file read-only: it then
+    reads while another process holds the write lock, and reads a file it may not write."""
+
+    def __init__(self, url: str, *, read_only: bool = False) -> None:
         from ..engine import Engine
         from ..errors import ValidationError
         from ..server.operations import Operations
 
+        options: dict[str, Any] = {}
         if url.startswith("sqlite://"):
             path = url[len("sqlite://") :]
             path = path[1:] if path.startswith("/") else path
             if path and not Path(path).exists():
                 raise CliError(f"no database file at {path!r} (from --db {url})", EXIT_INPUT)
+            options["read_only"] = read_only
         try:
-            self.engine = Engine(url)
+            self.engine = Engine(url, **options)
         except ValidationError as exc:
             raise CliError(str(exc), EXIT_INPUT) from None
         self.ops = Operations(self.engine)

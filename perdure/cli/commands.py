@@ -45,8 +45,11 @@ from .serving import dev, serve, worker
 T = TypeVar("T")
 
 
-def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]]) -> T:
-    """Open the backend the options name, run ``action``, turn errors into exits."""
+def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]], *, read_only: bool = False) -> T:
+    """Open the backend the options name, run ``action``, turn errors into exits.
+
+    ``read_only``: the command only reads, so a SQLite file is opened read-only (it reads while
+    another process holds the write lock, and reads a file it may not write)."""
     from ..errors import PerdureError
 
     options = ctx.obj
@@ -55,7 +58,7 @@ def _run(ctx: click.Context, action: Callable[[Backend], Awaitable[T]]) -> T:
     async def main() -> T:
         backend: Backend
         if db:
-            backend = DbBackend(db)
+            backend = DbBackend(db, read_only=read_only)
         else:
             backend = HttpBackend(url or DEFAULT_URL, options.get("token"))
         try:
@@ -188,7 +191,7 @@ def workflows() -> None:
 @click.pass_context
 def workflows_list(ctx: click.Context) -> None:
     """Workflows and their instance counts."""
-    data = _run(ctx, lambda b: b.workflows())
+    data = _run(ctx, lambda b: b.workflows(), read_only=True)
     _emit(ctx, {"workflows": data} if ctx.obj.get("json") else data, render_workflows)
 
 
@@ -198,7 +201,7 @@ def workflows_list(ctx: click.Context) -> None:
 @click.pass_context
 def workflows_describe(ctx: click.Context, name: str) -> None:
     """One workflow."""
-    _emit(ctx, _run(ctx, lambda b: b.workflow(name)), render_workflow)
+    _emit(ctx, _run(ctx, lambda b: b.workflow(name), read_only=True), render_workflow)
 
 
 @workflows.command("trigger")
@@ -235,7 +238,8 @@ def instances_list(
     ctx: click.Context, name: str, status: str | None, limit: int, cursor: str | None, id_prefix: str | None
 ) -> None:
     """Instances of NAME, newest first."""
-    _emit(ctx, _run(ctx, lambda b: b.instances(name, status, limit, cursor, id_prefix)), render_instances)
+    page = _run(ctx, lambda b: b.instances(name, status, limit, cursor, id_prefix), read_only=True)
+    _emit(ctx, page, render_instances)
 
 
 @instances.command("describe")
@@ -264,7 +268,7 @@ def instances_describe(
     characters, with a note of how much was left out; each output is then cut after
     --truncate-output-limit characters. --full prints them whole, --no-step-output hides them,
     and --json prints the whole document (never shortened)."""
-    detail = _run(ctx, lambda b: b.describe(name, instance_id))
+    detail = _run(ctx, lambda b: b.describe(name, instance_id), read_only=True)
     _emit(
         ctx,
         detail,
@@ -330,7 +334,7 @@ def queues_list(ctx: click.Context) -> None:
 
     Ready, delayed, in flight (leased by a consumer), dead, and the age of the oldest message
     not yet acknowledged."""
-    data = _run(ctx, lambda b: db_only(b).queues())
+    data = _run(ctx, lambda b: db_only(b).queues(), read_only=True)
     _emit(ctx, {"queues": data} if ctx.obj.get("json") else data, render_queues)
 
 
@@ -363,7 +367,7 @@ def queues_dead(ctx: click.Context, name: str, limit: int) -> None:
     """The newest dead letters of queue NAME.
 
     A queue never used reads as empty (it is not an error)."""
-    _emit(ctx, _run(ctx, lambda b: db_only(b).queue_dead(name, limit)), render_dead)
+    _emit(ctx, _run(ctx, lambda b: db_only(b).queue_dead(name, limit), read_only=True), render_dead)
 
 
 @queues.command("redrive")

@@ -82,6 +82,7 @@ def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worke
     import uvicorn
 
     from ..server.api import create_app
+    from ..server.http_server import server_config
 
     engine = _load(app_spec)
     allowed = LOOPBACK_NAMES if not token and is_loopback(host) else None
@@ -92,8 +93,7 @@ def _serve(app_spec: str, host: str, port: int, token: str | None, *, with_worke
         if with_worker:
             await engine.start()
         try:
-            config = uvicorn.Config(app, host=host, port=port, log_level=log_level, lifespan="off")
-            server = uvicorn.Server(config)
+            server = uvicorn.Server(server_config(app, host, port, log_level=log_level))
             shown = f"[{host}]" if ":" in host else host
             click.echo(
                 f"Perdure {'dev server' if with_worker else 'API'} on http://{shown}:{port}  "

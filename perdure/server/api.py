@@ -6,25 +6,23 @@ The app does not start workers: it reads and writes the store, and workers (``pe
 worker``, ``perdure dev``, or ``async with engine`` elsewhere) run the instances.
 
 Every failure is a JSON body ``{"error": {"code", "message"}}`` with a 4xx status (see
-:data:`perdure.server.openapi.ERROR_CODES`). Three guards run before any endpoint:
-
-* the **body limit**: a request body over ``max_body_bytes`` (1 MiB plus 64 KiB) is refused
-  with 413, from its ``Content-Length`` or while it streams in, before anything is parsed;
-* the **bearer token**, when one is configured: ``Authorization: Bearer <token>`` on API
-  calls, a cookie set by ``/dashboard/login`` in the browser;
-* the **origin check**: a state-changing request whose ``Origin`` is another site is refused,
-  so a web page cannot drive a server on localhost; with ``allowed_hosts`` the ``Host``
-  header must name this server too (against DNS rebinding).
+:data:`perdure.server.openapi.ERROR_CODES`). Before any endpoint, :class:`~.guard.Guard`
+checks the host, the origin, the body's size and time, and the token (see
+:mod:`perdure.server.guard`); :class:`~.headers.SecurityHeaders` puts the browser security
+headers on every response (no framing, a strict Content-Security-Policy, see
+:mod:`perdure.server.headers`). An endpoint that reads a JSON body wants it sent with a JSON
+content type (``application/json`` or ``application/*+json``): anything else is 415
+``unsupported_media_type``, since a web page can post ``text/plain`` anywhere without asking.
+Both stay importable from here (``from perdure.server.api import Guard``) for applications
+that wrap their own app.
 """
 
 from __future__ import annotations
 
-import hmac
 import json
 import logging
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 try:
     from starlette.applications import Starlette
@@ -44,6 +42,9 @@ from ..errors import (
     ValidationError,
     WorkflowNotFoundError,
 )
+from .auth import LoginThrottle, Sessions
+from .guard import BODY_TIMEOUT, MAX_BODY_BYTES, Guard, error_response, route_path
+from .headers import SecurityHeaders
 from .metrics import Metrics
 from .openapi import openapi_document
 from .operations import Operations, StepNotFoundError
@@ -53,16 +54,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("perdure.api")
 
-MAX_BODY_BYTES = 1024 * 1024 + 64 * 1024
-TOKEN_COOKIE = "perdure_token"
-_PUBLIC = ("/api/health", "/dashboard/login", "/dashboard/static/")
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "ApiError",
+    "Guard",
+    "SecurityHeaders",
+    "api_error",
+    "create_app",
+    "error_response",
+    "route_path",
+]
 
 
 class ApiError(Exception):
@@ -74,10 +75,6 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.headers = headers
-
-
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
 def api_error(exc: Exception) -> ApiError:
@@ -99,131 +96,6 @@ def api_error(exc: Exception) -> ApiError:
     raise exc
 
 
-class _TooLarge(Exception):
-    pass
-
-
-def route_path(scope: Scope) -> str:
-    """The path inside this app (without the prefix it is mounted under)."""
-    path = str(scope.get("path", ""))
-    root = str(scope.get("root_path", ""))
-    if root and path.startswith(root):
-        path = path[len(root) :]
-    return path or "/"
-
-
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", []):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
-def _cookie(scope: Scope, name: str) -> str | None:
-    raw = _header(scope, b"cookie")
-    if not raw:
-        return None
-    for part in raw.split(";"):
-        key, _, value = part.strip().partition("=")
-        if key == name:
-            return value
-    return None
-
-
-class Guard:
-    """Body limit, bearer token and origin checks, as plain ASGI middleware."""
-
-    def __init__(
-        self, app: ASGIApp, *, token: str | None, max_body_bytes: int, allowed_hosts: list[str] | None
-    ) -> None:
-        self.app = app
-        self.token = token
-        self.max_body_bytes = max_body_bytes
-        self.allowed_hosts = allowed_hosts
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        refusal = self._refuse(scope)
-        if refusal is not None:
-            await refusal(scope, receive, send)
-            return
-        limit = self.max_body_bytes
-        received = 0
-        started = False
-
-        async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _TooLarge
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _TooLarge:
-            if not started:
-                await self._too_large()(scope, receive, send)
-        except Exception:
-            log.exception("perdure api: unexpected error on %s %s", scope.get("method"), scope.get("path"))
-            if not started:
-                response = error_response(500, "internal_error", "unexpected server error; see the server log")
-                await response(scope, receive, send)
-
-    def _too_large(self) -> Response:
-        return error_response(
-            413, "payload_too_large", f"the request body is over the limit of {self.max_body_bytes} bytes"
-        )
-
-    def _refuse(self, scope: Scope) -> Response | None:
-        path = route_path(scope)
-        method = str(scope.get("method", "GET")).upper()
-        if self.allowed_hosts is not None:
-            host = (_header(scope, b"host") or "").rsplit(":", 1)[0].strip("[]").lower()
-            if host not in self.allowed_hosts:
-                return error_response(403, "forbidden_origin", f"host {host!r} is not served here")
-        if method not in _SAFE_METHODS:
-            origin = _header(scope, b"origin")
-            if (
-                origin
-                and origin != "null"
-                and urlsplit(origin).netloc.lower() != (_header(scope, b"host") or "").lower()
-            ):
-                return error_response(403, "forbidden_origin", f"cross-origin request from {origin!r} refused")
-            if _header(scope, b"sec-fetch-site") == "cross-site":
-                return error_response(403, "forbidden_origin", "cross-site request refused")
-        length = _header(scope, b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self.max_body_bytes:
-            return self._too_large()
-        if self.token is not None and not path.startswith(_PUBLIC) and not self._authorized(scope):
-            if path.startswith("/dashboard"):
-                root = str(scope.get("root_path", ""))
-                return RedirectResponse(f"{root}/dashboard/login", status_code=303)
-            return error_response(
-                401, "unauthorized", "this server needs 'Authorization: Bearer <token>'", {"WWW-Authenticate": "Bearer"}
-            )
-        return None
-
-    def _authorized(self, scope: Scope) -> bool:
-        assert self.token is not None
-        expected = self.token.encode()
-        auth = _header(scope, b"authorization") or ""
-        scheme, _, presented = auth.partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected):
-            return True
-        cookie = _cookie(scope, TOKEN_COOKIE)
-        return cookie is not None and hmac.compare_digest(cookie.encode(), expected)
-
-
 # -- request helpers ------------------------------------------------------------------------------
 _ABSENT = object()
 
@@ -232,13 +104,32 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def is_json_media_type(content_type: str | None) -> bool:
+    """Whether a ``Content-Type`` names JSON: ``application/json`` or ``application/*+json``
+    (parameters such as ``charset`` aside)."""
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    kind, slash, subtype = media.partition("/")
+    return kind == "application" and bool(slash) and (subtype == "json" or subtype.endswith("+json"))
+
+
 async def read_json(request: Request, *, required: bool) -> Any:
-    """The body as JSON; ``_ABSENT`` for an empty optional body."""
+    """The body as JSON; ``_ABSENT`` for an empty optional body.
+
+    A body needs a JSON content type: a browser may send ``text/plain`` (or a form) to any
+    site without asking first, so accepting those would let a page elsewhere write here."""
     body = await request.body()
     if not body.strip():
         if required:
             raise ApiError(400, "invalid_json", "the request body must be a JSON document")
         return _ABSENT
+    content_type = request.headers.get("content-type")
+    if not is_json_media_type(content_type):
+        sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
+        raise ApiError(
+            415,
+            "unsupported_media_type",
+            f"the body must be sent as Content-Type application/json (or application/*+json); this request has {sent}",
+        )
     try:
         return json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
@@ -377,17 +268,26 @@ def create_app(
     max_body_bytes: int = MAX_BODY_BYTES,
     allowed_hosts: list[str] | None = None,
     openapi_examples: dict[str, str] | None = None,
+    body_timeout: float = BODY_TIMEOUT,
 ) -> Starlette:
     """The API (``/api``), ``/openapi.json``, ``/metrics`` and, with ``dashboard``, the
     dashboard (``/dashboard``) for ``engine``.
 
     ``token``: require ``Authorization: Bearer <token>`` (the dashboard asks for it once and
-    keeps it in a cookie). ``allowed_hosts``: accept only these ``Host`` names.
+    keeps a signed session in a cookie, see :mod:`perdure.server.auth`). ``allowed_hosts``:
+    accept only these ``Host`` names. ``body_timeout``: seconds a request body may take to
+    arrive (408 after). Every response carries the headers of :mod:`perdure.server.headers`.
     """
     if token is not None and (not isinstance(token, str) or len(token) < 8):
         raise ValidationError("the API token must be a string of at least 8 characters")
     from starlette.middleware import Middleware
 
+    async def session_secret() -> bytes:
+        store = await engine.ensure_store()
+        return await store.secret("dashboard-sessions")
+
+    sessions = Sessions(token, session_secret) if token is not None else None
+    throttle = LoginThrottle()
     routes = api_routes()
     if dashboard:
         from .dashboard import dashboard_routes
@@ -397,12 +297,16 @@ def create_app(
     app = Starlette(
         routes=routes,
         middleware=[
+            Middleware(SecurityHeaders),  # outermost: refusals carry the headers too
             Middleware(
                 Guard,
                 token=token,
                 max_body_bytes=max_body_bytes,
-                allowed_hosts=[h.lower() for h in allowed_hosts] if allowed_hosts is not None else None,
-            )
+                allowed_hosts=allowed_hosts,
+                body_timeout=body_timeout,
+                sessions=sessions,
+                throttle=throttle,
+            ),
         ],
         exception_handlers={HTTPException: _http_error},
     )
@@ -410,5 +314,7 @@ def create_app(
     app.state.ops = Operations(engine)
     app.state.metrics = Metrics(engine)
     app.state.token = token
+    app.state.sessions = sessions
+    app.state.throttle = throttle
     app.state.openapi = openapi_document(examples=openapi_examples)
     return app

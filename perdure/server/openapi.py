@@ -11,7 +11,7 @@ from typing import Any
 
 from ..records import STATUSES
 from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
-from .operations import ACTIONS, MAX_LIST_LIMIT
+from .operations import ACTIONS, CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LIST_LIMIT
 
 #: Every ``error.code`` the API returns, with its HTTP status.
 ERROR_CODES: dict[str, int] = {
@@ -24,9 +24,12 @@ ERROR_CODES: dict[str, int] = {
     "instance_not_found": 404,
     "step_not_found": 404,
     "method_not_allowed": 405,
+    "request_timeout": 408,
     "instance_exists": 409,
     "invalid_state": 409,
     "payload_too_large": 413,
+    "unsupported_media_type": 415,
+    "too_many_requests": 429,
     "internal_error": 500,
 }
 
@@ -62,6 +65,22 @@ def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
 
 
 _TIME = {"type": "string", "format": "date-time"}
+#: A page cursor as the server issues it (``next_cursor``): opaque, signed by the server.
+CURSOR = {
+    "type": "string",
+    "format": "perdure-cursor",
+    "pattern": CURSOR_PATTERN,
+    "maxLength": CURSOR_MAX_LENGTH,
+    "description": "an opaque page cursor: `<position>.<signature>` in base64url, signed by the server with a "
+    "key of its database (any server on the same database accepts it)",
+}
+#: The ``cursor`` parameter: only a cursor a server issued is accepted, however well formed
+#: another string is, so the parameter names the format rather than a pattern a client (or a
+#: schema-driven test tool) could fill in; tools that can make real cursors use the format.
+CURSOR_PARAMETER = {
+    "type": "string",
+    "format": "perdure-cursor",
+}
 _MS = {"type": "integer", "minimum": 0}
 
 
@@ -155,7 +174,7 @@ def _schemas() -> dict[str, Any]:
             "required": ["instances", "next_cursor"],
             "properties": {
                 "instances": {"type": "array", "items": _ref("InstanceSummary")},
-                "next_cursor": _nullable({"type": "string"}),
+                "next_cursor": _nullable(CURSOR),
             },
         },
         "BatchCreated": {
@@ -326,14 +345,17 @@ def _responses(ok: dict[str, Any], *codes: int) -> dict[str, Any]:
     texts = {
         400: "invalid_json or validation_error: the message says what was wrong",
         401: "unauthorized: a bearer token is required and was missing or wrong",
-        403: "forbidden_origin: a state-changing request from another web origin",
+        403: "forbidden_origin: a state-changing request from another web origin or an opaque (null) one",
         404: "workflow_not_found, instance_not_found, step_not_found (restart from_step) or not_found",
         405: "method_not_allowed",
+        408: "request_timeout: the body did not arrive in time (30 s by default)",
         409: "instance_exists or invalid_state",
         413: "payload_too_large: the body is over the limit (1 MiB plus a small margin)",
+        415: "unsupported_media_type: a body sent without a JSON Content-Type (application/json or application/*+json)",
+        429: "too_many_requests: too many wrong tokens from this address; see Retry-After",
     }
     responses = dict(ok)
-    for code in (400, 401, 403, 404, 405, *codes):
+    for code in (400, 401, 403, 404, 405, 429, *codes):
         responses[str(code)] = _error(texts[code])
     return responses
 
@@ -428,7 +450,14 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                     "parameters": [
                         name,
                         _param("status", "query", {"type": "string", "enum": list(STATUSES)}, "only this status"),
-                        _param("cursor", "query", {"type": "string"}, "`next_cursor` of the previous page"),
+                        _param(
+                            "cursor",
+                            "query",
+                            CURSOR_PARAMETER,
+                            "`next_cursor` of the previous page, as it was issued (`<position>.<signature>`, "
+                            f"base64url, at most {CURSOR_MAX_LENGTH} characters); any other string is refused with 400 "
+                            "validation_error",
+                        ),
                         _param(
                             "id_prefix",
                             "query",
@@ -479,8 +508,10 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                                 },
                             }
                         },
+                        408,
                         409,
                         413,
+                        415,
                     ),
                 },
             },
@@ -501,7 +532,9 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                         "required": True,
                         "content": {"application/json": {"schema": _ref("StatusChange")}},
                     },
-                    "responses": _responses(_ok("the instance after the change", "InstanceSummary"), 409, 413),
+                    "responses": _responses(
+                        _ok("the instance after the change", "InstanceSummary"), 408, 409, 413, 415
+                    ),
                 }
             },
             instance_path + "/events/{type}": {
@@ -510,7 +543,9 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                     "summary": "Send an event; the body is its payload (any JSON value, empty means null)",
                     "parameters": [name, ident, event],
                     "requestBody": {"required": False, "content": {"application/json": {"schema": {}}}},
-                    "responses": _responses(_ok("stored; delivered now or later", "EventAccepted", "202"), 409, 413),
+                    "responses": _responses(
+                        _ok("stored; delivered now or later", "EventAccepted", "202"), 408, 409, 413, 415
+                    ),
                 }
             },
         },

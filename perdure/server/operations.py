@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
+import secrets
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from .. import validators
 from ..binding import Instance, WorkflowBinding
-from ..errors import InstanceNotFoundError, PerdureError, ValidationError, WorkflowNotFoundError
-from ..records import DO, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
+from ..errors import InstanceNotFoundError, PerdureError, ReadOnlyStoreError, ValidationError, WorkflowNotFoundError
+from ..records import DO, ROLLBACK, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 from ..serde import public_error
 from .formatting import duration_ms, iso
 
@@ -34,7 +37,7 @@ if TYPE_CHECKING:
     from ..engine import Engine
 
 #: ``type`` of a step in views, as Cloudflare's step log names it.
-STEP_TYPES = {DO: "step", SLEEP: "sleep", WAIT: "waitForEvent"}
+STEP_TYPES = {DO: "step", SLEEP: "sleep", WAIT: "waitForEvent", ROLLBACK: "rollback"}
 #: Actions accepted by :meth:`Operations.control` (``PATCH .../status``).
 ACTIONS = ("pause", "resume", "terminate", "restart")
 MAX_LIST_LIMIT = 1000
@@ -115,6 +118,21 @@ def _event(ts: float | None, type_: str, phase: int, **fields: Any) -> tuple[flo
     return (ts if ts is not None else 0.0, phase, entry)
 
 
+def _rollback_events(step: StepRecord, ref: dict[str, Any]) -> list[tuple[float, int, dict[str, Any]]]:
+    events = [_event(step.started_at, "ROLLBACK_STEP_START", 2, step=ref)]
+    for number, attempt in enumerate(step.attempts, start=1):
+        events.append(_event(attempt.get("start"), "ROLLBACK_ATTEMPT_START", 2, step=ref, attempt=number))
+        if attempt.get("end") is not None:
+            error = public_error(attempt.get("error"))
+            kind = "ROLLBACK_ATTEMPT_FAILURE" if error else "ROLLBACK_ATTEMPT_SUCCESS"
+            events.append(_event(attempt["end"], kind, 2, step=ref, attempt=number, error=error))
+    if step.status == "complete":
+        events.append(_event(step.ended_at, "ROLLBACK_STEP_SUCCESS", 2, step=ref))
+    elif step.status == "failed":
+        events.append(_event(step.ended_at, "ROLLBACK_STEP_FAILURE", 2, step=ref, error=public_error(step.error)))
+    return events
+
+
 def event_history(
     record: InstanceRecord, steps: list[StepRecord], history: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -140,6 +158,9 @@ def event_history(
                 error=public_error(data.get("error")) if isinstance(data, dict) else None,
             )
         )
+    rollbacks = [s for s in steps if s.kind == ROLLBACK]
+    if rollbacks:  # before the rollback steps of the same instant (the sort is stable)
+        events.append(_event(min(s.started_at for s in rollbacks), "ROLLBACK_START", 2, totalSteps=len(rollbacks)))
     for step in steps:
         ref = {"name": step.name, "count": step.count, "type": STEP_TYPES.get(step.kind, step.kind)}
         if step.kind == DO:
@@ -154,6 +175,8 @@ def event_history(
                 events.append(_event(step.ended_at, "STEP_SUCCESS", 2, step=ref))
             elif step.status == "failed":
                 events.append(_event(step.ended_at, "STEP_FAILURE", 2, step=ref, error=public_error(step.error)))
+        elif step.kind == ROLLBACK:
+            events.extend(_rollback_events(step, ref))
         elif step.kind == SLEEP:
             events.append(_event(step.started_at, "SLEEP_START", 2, step=ref))
             if step.status == "complete":
@@ -164,6 +187,11 @@ def event_history(
                 events.append(_event(step.ended_at, "WAIT_COMPLETE", 2, step=ref))
             elif step.status == "failed":
                 events.append(_event(step.ended_at, "WAIT_TIMED_OUT", 2, step=ref, error=public_error(step.error)))
+    if rollbacks:  # the chain's end, as Cloudflare logs it
+        failed = any(s.status == "failed" for s in rollbacks)
+        if failed or record.status in ("errored", "terminated"):
+            end = max((s.ended_at or s.started_at) for s in rollbacks)
+            events.append(_event(end, "ROLLBACK_FAILED" if failed else "ROLLBACK_COMPLETE", 2))
     if not any(e[2]["type"] == "WORKFLOW_QUEUED" for e in events):  # e.g. history lost to a restart
         events.append(_event(record.created_at, "WORKFLOW_QUEUED", 0, trigger=record.trigger))
     events.sort(key=lambda e: (e[0], e[1]))  # stable: same-instant step events keep their order
@@ -209,23 +237,43 @@ def _schedule_view(schedule: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 # -- cursors ------------------------------------------------------------------------------------
-def encode_cursor(store_cursor: str | None) -> str | None:
-    """Wrap a store's cursor in an opaque URL-safe token."""
+#: What a page cursor looks like: the store's position and a signature, both base64url.
+CURSOR_PATTERN = r"^[A-Za-z0-9_-]{1,200}\.[A-Za-z0-9_-]{22}$"
+CURSOR_MAX_LENGTH = 223
+_PROCESS_KEY = secrets.token_bytes(32)
+_READ_ONLY_KEY = b"perdure-read-only-store"
+
+
+def _cursor_mac(key: bytes, payload: str) -> str:
+    mac = hmac.new(key, b"perdure-cursor\x00" + payload.encode(), hashlib.sha256).digest()[:16]
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def encode_cursor(store_cursor: str | None, key: bytes | None = None) -> str | None:
+    """Wrap a store's cursor in an opaque, signed, URL-safe token: ``<position>.<signature>``
+    (:data:`CURSOR_PATTERN`), the signature an HMAC-SHA256 under ``key`` (the API's is the
+    database's ``cursors`` secret, so every server on one database accepts the others'
+    cursors; without one, a key of this process)."""
     if store_cursor is None:
         return None
-    return base64.urlsafe_b64encode(store_cursor.encode()).decode().rstrip("=")
+    payload = base64.urlsafe_b64encode(store_cursor.encode()).decode().rstrip("=")
+    return f"{payload}.{_cursor_mac(key or _PROCESS_KEY, payload)}"
 
 
-def decode_cursor(token: str | None) -> str | None:
+def decode_cursor(token: str | None, key: bytes | None = None) -> str | None:
+    """The store's cursor inside ``token``; ValidationError unless ``key`` signed it."""
     if token is None or token == "":
         return None
-    if len(token) > 400:
+    if len(token) > CURSOR_MAX_LENGTH:
         raise ValidationError("cursor is not one this server issued (too long)")
+    payload, dot, signature = token.partition(".")
+    if not dot or not hmac.compare_digest(signature.encode(), _cursor_mac(key or _PROCESS_KEY, payload).encode()):
+        raise ValidationError(f"cursor {token[:40]!r} is not one this server issued")
     try:
-        decoded = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True).decode("ascii")
+        decoded = base64.b64decode(payload + "=" * (-len(payload) % 4), altchars=b"-_", validate=True).decode("ascii")
     except (binascii.Error, UnicodeDecodeError, ValueError):
         decoded = ""
-    if not decoded or not decoded.isprintable():
+    if not decoded or not decoded.isprintable():  # signed by us, so only a key shared elsewhere
         raise ValidationError(f"cursor {token[:40]!r} is not one this server issued")
     return decoded
 
@@ -262,6 +310,20 @@ class Operations:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._bindings: dict[str, WorkflowBinding] = {}
+        self._cursor_secret: bytes | None = None
+
+    async def _cursor_key(self) -> bytes:
+        """The database's key for page cursors (made on first use, then kept)."""
+        if self._cursor_secret is None:
+            store = await self.engine.ensure_store()
+            try:
+                self._cursor_secret = await store.secret("cursors")
+            except ReadOnlyStoreError:
+                # A read-only store (``perdure --db`` listing a file no server has used) cannot
+                # keep a key. Its cursors then carry a fixed one, so the next such command
+                # accepts them; no server uses it: a server's store makes the real key.
+                return _READ_ONLY_KEY
+        return self._cursor_secret
 
     # workflows
     async def _counts(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
@@ -357,16 +419,18 @@ class Operations:
         wanted = check_status(status)
         size = check_limit(limit)
         prefix = validators.instance_id_prefix(id_prefix)
-        store_cursor = decode_cursor(cursor)
-        await self._check_workflow(name)
         store = await self.engine.ensure_store()
+        key = await self._cursor_key()
+        store_cursor = decode_cursor(cursor, key)
+        await self._check_workflow(name)
         try:
             page = await store.list_instances(name, status=wanted, cursor=store_cursor, limit=size, id_prefix=prefix)
         except ValidationError:
             if store_cursor is not None:  # a forged cursor the store cannot use
                 raise ValidationError("cursor is not one this server issued") from None
             raise
-        return {"instances": [instance_summary(r) for r in page.items], "next_cursor": encode_cursor(page.next_cursor)}
+        instances = [instance_summary(r) for r in page.items]
+        return {"instances": instances, "next_cursor": encode_cursor(page.next_cursor, key)}
 
     async def get_record(self, name: str, instance_id: str) -> InstanceRecord:
         """The instance; ``latest`` names the newest one unless an instance has that id."""

@@ -222,6 +222,13 @@ class Store(abc.ABC):
     async def oldest_queued_at(self, workflow: str) -> float | None:
         """When the oldest queued instance of ``workflow`` was created (None: none queued)."""
 
+    # -- secrets -------------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def secret(self, name: str) -> bytes:
+        """A random 32-byte key named ``name``, kept in the database: made on first use, the
+        same afterwards for every process on this database (so several API servers accept each
+        other's signed cursors and sessions). Two processes asking at once get the same key."""
+
     # -- durable queues ------------------------------------------------------------------------------
     # A message is ready once ``visible_at`` passed; a delivery leases it (``lease``) and hides
     # it for the visibility timeout; only the holder of the lease may ack, retry or

@@ -21,6 +21,7 @@ import abc
 import functools
 import json
 import re
+import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -403,6 +404,26 @@ class SQLStore(Store):
             await tx.notify()
 
         await self._control(op)
+
+    # -- secrets ----------------------------------------------------------------------------------------
+    async def secret(self, name: str) -> bytes:
+        key = f"secret:{name}"
+        rows = await self._read("SELECT value FROM {s}.perdure_meta WHERE key = %s", (key,))
+        if rows:
+            return bytes.fromhex(str(rows[0][0]))
+        fresh = secrets.token_hex(32)
+
+        async def op(tx: Tx) -> str:
+            # DO NOTHING, then read: when two processes make the key at once, the second insert
+            # waits for the first to commit and loses; both read back the winner's key.
+            await tx.run(
+                "INSERT INTO {s}.perdure_meta (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING", (key, fresh)
+            )
+            row = await tx.one("SELECT value FROM {s}.perdure_meta WHERE key = %s", (key,))
+            assert row is not None
+            return str(row[0])
+
+        return bytes.fromhex(await self._control(op))
 
     # -- durable queues ---------------------------------------------------------------------------------
     async def queue_send(self, queue: str, bodies_json: Sequence[str], now: float, delay: float) -> list[int]:

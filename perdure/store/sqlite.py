@@ -4,7 +4,14 @@ Writes go through one writing connection and its group commit (:mod:`.sqlite_wri
 instances' step results share one transaction and one fsync, and a caller resumes only after
 its commit. Reads use a second connection in WAL mode, so they never wait for the writer.
 Other processes (a web server, the CLI) may open the same file; SQLite's file locks serialise
-their writers with ours, and ``PRAGMA data_version`` tells a worker that one of them wrote.
+their writers with ours, and ``PRAGMA data_version`` tells a worker that one of them wrote. A
+writer that waited past ``busy_timeout_ms`` for another process's lock gets a
+:class:`~perdure.errors.DatabaseLockedError` naming that process when it can be found.
+
+``read_only=True`` opens the file with ``mode=ro``: no connection that may write, no layout
+upgrade, no journal-mode change, no checkpoint on close; it reads while another process holds
+the write lock (WAL readers never wait for the writer), and reads a file it may not write. A
+write through it raises :class:`~perdure.errors.ReadOnlyStoreError`.
 
 The layout lives in :mod:`perdure.store.migrations.sqlite`; the operations whose SQL is the
 same on PostgreSQL (reads, control calls, queues) in :mod:`perdure.store.sql`. This module
@@ -21,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..errors import Fenced, InstanceAlreadyExistsError, ValidationError
+from ..errors import Fenced, InstanceAlreadyExistsError, ReadOnlyStoreError, ValidationError
 from ..records import (
     COMPLETE,
     PAUSED,
@@ -34,7 +41,7 @@ from ..records import (
     StepRecord,
     WorkflowRecord,
 )
-from .migrations.sqlite import SCHEMA_VERSION, create_or_upgrade
+from .migrations.sqlite import SCHEMA_VERSION, check_layout, create_or_upgrade
 from .rows import (
     INSTANCE_COLUMNS,
     WORKFLOW_COLUMNS,
@@ -46,11 +53,13 @@ from .rows import (
     workflow_rows,
 )
 from .sql import SQLITE, SQLStore, Tx, run_now
-from .sqlite_writer import Writer
+from .sqlite_writer import Writer, database_error, is_busy, locked_error
 
-__all__ = ["SCHEMA_VERSION", "SQLiteStore"]
+__all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "SQLiteStore"]
 
 T = TypeVar("T")
+# How long a write waits for another process's write lock, unless the store says otherwise.
+DEFAULT_BUSY_TIMEOUT_MS = 10_000
 
 
 def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
@@ -98,21 +107,44 @@ class SQLiteStore(SQLStore):
 
     ``durability="full"`` (the default) fsyncs every commit, so a finished step survives power
     loss; ``"normal"`` survives a crash of the process but not of the machine, and is faster.
+    ``busy_timeout_ms`` is how long a write waits for another process's write lock before it
+    fails with :class:`~perdure.errors.DatabaseLockedError`; ``read_only=True`` opens the file
+    for reading only (see the module doc).
     """
 
     dialect = SQLITE
 
-    def __init__(self, path: str, *, durability: str = "full", busy_timeout_ms: int = 10_000) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        durability: str = "full",
+        busy_timeout_ms: int | None = None,
+        read_only: bool = False,
+    ) -> None:
         if durability not in ("full", "normal"):
             raise ValidationError(f"durability must be 'full' or 'normal', got {durability!r}")
+        if busy_timeout_ms is None:
+            busy_timeout_ms = DEFAULT_BUSY_TIMEOUT_MS
+        if isinstance(busy_timeout_ms, bool) or not isinstance(busy_timeout_ms, int) or busy_timeout_ms < 0:
+            raise ValidationError(f"busy_timeout_ms must be an integer >= 0, got {busy_timeout_ms!r}")
+        if read_only and path == ":memory:":
+            raise ValidationError("read_only=True needs a database file, not :memory:")
         self.path = path
         self.url = f"sqlite:///{path}"
         self.durability = durability
         self.busy_timeout_ms = busy_timeout_ms
+        self.read_only = bool(read_only)
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = threading.RLock()
-        self._writer = Writer(lambda: self._conn, self._open_sync, self._lock)
+        self._writer = Writer(
+            lambda: self._conn,
+            self._open_for_write,
+            self._lock,
+            lambda exc: database_error(exc, self.path, self.busy_timeout_ms),
+            lock_wait=busy_timeout_ms / 1000,
+        )
         self._data_version: int | None = None
 
     @property
@@ -135,33 +167,81 @@ class SQLiteStore(SQLStore):
         conn.execute("PRAGMA recursive_triggers = ON")  # so that a REPLACE's deletes are counted
         return conn
 
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """A ``mode=ro`` connection; its only pragma (busy_timeout) is the connection's own.
+        SQLite never checkpoints the WAL from a read-only connection, so closing it writes
+        nothing either."""
+        path = Path(self.path)
+        if not path.is_file():
+            raise ReadOnlyStoreError(f"no database file at {self.path!r} to open read-only")
+        conn = sqlite3.connect(
+            f"{path.absolute().as_uri()}?mode=ro",
+            uri=True,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=self.busy_timeout_ms / 1000,
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {self.busy_timeout_ms}")
+            check_layout(conn, self.path)
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
     def _open_sync(self) -> None:
         with self._lock:
+            if self.read_only:
+                if self._reader is None:
+                    try:
+                        self._reader = self._connect_read_only()
+                    except sqlite3.OperationalError as exc:
+                        if is_busy(exc):
+                            raise locked_error(self.path, self.busy_timeout_ms) from exc
+                        raise
+                return
             if self._conn is not None:
                 return
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            conn = self._connect()
+            conn = reader = None
             try:
+                conn = self._connect()
                 create_or_upgrade(conn)
-            except BaseException:
-                conn.close()
+                reader = self._connect()
+                # From now on the writer waits for another process's lock itself, on a timer,
+                # so that the event loop goes on meanwhile (see sqlite_writer).
+                conn.execute("PRAGMA busy_timeout = 0")
+            except BaseException as exc:
+                for opened in (conn, reader):
+                    if opened is not None:
+                        opened.close()
+                # another process holds the write lock an upgrade needs, or the file is read-only
+                error = database_error(exc, self.path, self.busy_timeout_ms) if isinstance(exc, Exception) else exc
+                if error is not exc:
+                    raise error from exc
                 raise
-            self._conn = conn
-            self._reader = self._connect()
+            self._conn, self._reader = conn, reader
+
+    def _open_for_write(self) -> None:
+        if self.read_only:
+            raise ReadOnlyStoreError(
+                f"the store of {self.path!r} was opened read-only: it cannot write (open it without read_only)"
+            )
+        self._open_sync()
 
     async def open(self) -> None:
         self._open_sync()
 
     async def close(self) -> None:
         with self._lock:
-            if self._conn is None:
-                return
-            self._writer.flush()
-            assert self._conn is not None and self._reader is not None
-            self._conn.close()
-            self._reader.close()
-            self._conn = self._reader = None
+            if self._conn is not None:
+                self._writer.flush(wait=True)
+                self._conn.close()
+                self._conn = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # -- how operations reach the database -------------------------------------------------------
     async def _write(self, fn: Callable[..., Any], *args: Any, atomic: bool = False, key: Any = None) -> Any:

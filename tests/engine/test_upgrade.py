@@ -107,7 +107,7 @@ async def test_a_perdure_0_1_postgresql_schema_upgrades_in_place() -> None:
             await store.open()
             with psycopg.connect(server_url(), autocommit=True) as conn:
                 rows = conn.execute(f'SELECT version FROM "{schema}".schema_migrations ORDER BY 1').fetchall()
-            assert [r[0] for r in rows] == list(range(1, LATEST + 1)) and LATEST == 5
+            assert [r[0] for r in rows] == list(range(1, LATEST + 1)) and LATEST == 6
             await check_everything_kept(store, made)
         finally:
             await store.close()

@@ -1,6 +1,8 @@
 """The dashboard end to end in headless Chromium: load the pages, search instances by id prefix,
-click Pause, see the status change, resume, send the event, see the instance complete. Screenshots go to
-test-artifacts/ops/.
+click Pause, see the status change, resume, send the event, see the instance complete; Terminate
+and Restart ask to confirm first; the browser's console shows no Content-Security-Policy
+violation on any page, and a page of another origin cannot frame the dashboard. Screenshots go
+to test-artifacts/ops/.
 
 Skipped only when Chromium or ChromeDriver is missing and CI is not set; in CI it fails.
 """
@@ -12,7 +14,7 @@ import contextlib
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +24,7 @@ import uvicorn
 
 from perdure import Engine
 from perdure.server.api import create_app
+from perdure.server.http_server import server_config
 from tests.ci import unavailable
 
 from .conftest import wait_status
@@ -38,6 +41,7 @@ def _browser() -> Any:
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for CSP reports
     profile = tempfile.mkdtemp(prefix="perdure-chromium-")
     for flag in (
         "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-quic",
@@ -62,7 +66,7 @@ async def served(engine: Engine) -> AsyncIterator[str]:
     """The app on a real port, in this event loop, with the engine's workers running."""
     port = _free_port()
     app = create_app(engine, allowed_hosts=["127.0.0.1", "localhost"])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
     await engine.start()
     task = asyncio.create_task(server.serve())
     while not server.started:
@@ -94,6 +98,45 @@ async def until(check: Callable[[], Any], timeout: float = 15.0) -> Any:
         await asyncio.sleep(0.1)
 
 
+@contextlib.contextmanager
+def another_origin(html: str) -> Iterator[str]:
+    """A page of another origin (another port of this machine: a data: URL may not reach the
+    loopback address at all, which would prove nothing) that serves ``html``."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = html.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def csp_violations(driver: Any) -> list[str]:
+    """Console messages since the last call that report something the page's CSP blocked."""
+    entries = driver.get_log("browser")
+    return [
+        str(e["message"])
+        for e in entries
+        if "Content Security Policy" in str(e["message"]) or "Refused to" in str(e["message"])
+    ]
+
+
 async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Path) -> None:
     from selenium.webdriver.common.by import By
 
@@ -115,6 +158,8 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         assert {r.get_attribute("data-workflow") for r in rows} == {"hello", "approval", "flaky", "fails"}
         assert "waiting 1" in text('tr[data-workflow="approval"]')
         await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-workflows.png"))
+        assert await asyncio.to_thread(csp_violations, driver) == []
+        assert driver.find_elements(By.CSS_SELECTOR, "svg.spark rect")  # the sparklines are drawn
 
         # the instance list, filtered by status, then the flaky instance's timeline
         await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/approval?status=waiting")
@@ -140,7 +185,12 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/flaky/instances/ui-flaky")
         await until(lambda: driver.find_elements(By.CSS_SELECTOR, ".tl-attempt.fail"))
         assert len(driver.find_elements(By.CSS_SELECTOR, ".tl-row")) == 3
+        # the bars are placed and sized (by SVG attributes, which the CSP allows): not all at one spot
+        widths = {round(r.rect["width"]) for r in driver.find_elements(By.CSS_SELECTOR, "rect.tl-bar")}
+        lefts = {round(r.rect["x"]) for r in driver.find_elements(By.CSS_SELECTOR, "rect.tl-bar")}
+        assert len(widths) > 1 and len(lefts) > 1, (widths, lefts)
         await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-timeline.png"))
+        assert await asyncio.to_thread(csp_violations, driver) == []
 
         # one instance: pause it with the button and watch the status change
         await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/approval/instances/ui-1")
@@ -166,10 +216,61 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         await asyncio.to_thread(driver.refresh)
         assert await until(lambda: text("#instance-status")) == "complete"
         assert '"by": "browser"' in text("#instance-output")
-        # terminating a finished instance shows the error on the page instead of failing
+        # terminating a finished instance (once confirmed) shows the error on the page instead of failing
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-terminate").click())
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "confirm-action").click())
         await until(lambda: "already complete" in text("#flash"))
         await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-instance-complete.png"))
+
+        # Terminate and Restart ask first: one click changes nothing, Cancel goes back
+        await api.post("/api/workflows/approval/instances", json={"id": "ui-2"})
+        await wait_status(api, "approval", "ui-2", "waiting")
+        await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/approval/instances/ui-2")
+        assert await until(lambda: text("#instance-status")) == "waiting"
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-terminate").click())
+        assert "Terminate this instance?" in await until(lambda: text("#confirm"))
+        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-confirm-terminate.png"))
+        assert (await api.get("/api/workflows/approval/instances/ui-2")).json()["status"] == "waiting"
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "cancel-action").click())
+        assert await until(lambda: text("#instance-status")) == "waiting"
+        assert (await api.get("/api/workflows/approval/instances/ui-2")).json()["status"] == "waiting"
+        # confirmed, it terminates
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-terminate").click())
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "confirm-action").click())
+        await until(lambda: text("#instance-status") == "terminated")
+        assert "terminate" in text("#flash")
+        # Restart: asked, then confirmed, and the instance runs again up to its wait
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-restart").click())
+        assert "Restart this instance?" in await until(lambda: text("#confirm"))
+        assert (await api.get("/api/workflows/approval/instances/ui-2")).json()["status"] == "terminated"
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "confirm-action").click())
+        await wait_status(api, "approval", "ui-2", "waiting")
+        assert "restart" in await until(lambda: text("#flash"))
+        assert await asyncio.to_thread(csp_violations, driver) == []
+
+        # a page of another origin cannot frame the dashboard (X-Frame-Options, frame-ancestors):
+        # the frame holds the browser's error page, not the instance and its buttons
+        framing = f"<iframe id='victim' src='{served}/dashboard/workflows/approval/instances/ui-2'></iframe>"
+        with another_origin(framing) as elsewhere:
+            await asyncio.to_thread(driver.get, elsewhere)
+
+        def framed() -> dict[str, Any] | None:
+            driver.switch_to.frame(driver.find_element(By.ID, "victim"))
+            try:
+                state = driver.execute_script("return document.readyState")
+                if state != "complete":
+                    return None
+                return {
+                    "buttons": len(driver.find_elements(By.ID, "action-terminate")),
+                    "url": driver.execute_script("return document.URL"),
+                }
+            finally:
+                driver.switch_to.default_content()
+
+        await asyncio.sleep(1)  # let the frame's navigation settle
+        inside = await until(framed)
+        assert inside["buttons"] == 0 and "/dashboard/" not in inside["url"], inside
+        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-framed-elsewhere.png"))
     finally:
         await api.aclose()
         profile = getattr(driver, "__perdure_profile", None)

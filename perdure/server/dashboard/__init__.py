@@ -14,10 +14,19 @@ Pages work without JavaScript (forms post and redirect back). htmx, served from
 ``/dashboard/static`` (never a CDN), boosts links and forms into in-page swaps and refreshes
 the live parts while an instance runs. Actions answer with a redirect carrying a one-line
 ``flash`` message, so an error (say, terminating a finished instance) shows on the page.
+Terminate and Restart first answer with a page that asks to confirm (``confirm.html``: its
+button posts the same form again with ``confirmed=yes``), so they need two deliberate clicks,
+with or without JavaScript.
+
+The pages run under a strict Content-Security-Policy (:mod:`perdure.server.headers`): no
+inline script, no inline style, no ``style`` attribute. Scripts and CSS are files under
+``static/``; bars and sparklines are SVG shapes placed by their attributes; htmx is told not
+to add its inline indicator style (``<meta name="htmx-config">`` in ``base.html``).
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import time
 from pathlib import Path
@@ -39,12 +48,15 @@ except ModuleNotFoundError as exc:  # one line naming the extra, not a traceback
 from ... import validators
 from ...errors import PerdureError, ValidationError
 from ...records import STATUSES, TERMINAL
+from ..auth import SESSION_COOKIE, LoginThrottle, Sessions, client_address
 from ..formatting import human_ms, human_time, pretty_json, shorten
 from ..operations import ACTIONS, Operations, instance_summary
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 _LIVE = {"queued", "running", "waitingForPause"}
+#: Actions the dashboard asks to confirm on a page of their own before doing them.
+CONFIRMED_ACTIONS = ("terminate", "restart")
 
 
 templates.env.filters["ms"] = human_ms
@@ -218,6 +230,21 @@ async def instance_page(request: Request) -> Response:
     return _render(request, "instance.html", context)
 
 
+def _confirm_page(request: Request, name: str, instance_id: str, action: str, form: dict[str, str]) -> Response:
+    """The page that asks "really terminate / restart?": its button posts the same form again
+    with ``confirmed=yes``. A second page rather than a script's ``confirm()``, so it works
+    without JavaScript, and a click on a framed or forged button changes nothing by itself."""
+    context = {
+        "title": f"{action.capitalize()} {instance_id}?",
+        "workflow_name": name,
+        "instance_id": instance_id,
+        "action": action,
+        "from_step": form.get("from_step_name") or None,
+        "fields": {k: v for k, v in form.items() if k != "confirmed"},
+    }
+    return _render(request, "confirm.html", context)
+
+
 def _back(request: Request, *parts: str, flash: str, level: str = "info") -> RedirectResponse:
     return RedirectResponse(_url(request, *parts, flash=flash, level=level), status_code=303)
 
@@ -227,6 +254,8 @@ async def instance_action(request: Request) -> Response:
     name, instance_id = request.path_params["name"], request.path_params["id"]
     form = await _form(request)
     action = str(form.get("action", ""))
+    if action in CONFIRMED_ACTIONS and form.get("confirmed") != "yes":
+        return _confirm_page(request, name, instance_id, action, form)
     from_step = None
     if form.get("from_step_name"):
         count = str(form.get("from_step_count") or "1")
@@ -283,20 +312,36 @@ async def trigger(request: Request) -> Response:
 
 
 async def login(request: Request) -> Response:
+    """The sign-in form. A right token sets a signed session cookie (never the token itself);
+    a client with too many wrong tokens in a minute is answered 429 (:mod:`..auth`)."""
     token = request.app.state.token
-    if request.method == "POST":
-        form = await _form(request)
-        presented = str(form.get("token", ""))
-        import hmac
-
-        if token is not None and hmac.compare_digest(presented.encode(), token.encode()):
-            response = RedirectResponse(_url(request), status_code=303)
-            response.set_cookie(
-                "perdure_token", presented, httponly=True, samesite="strict", secure=request.url.scheme == "https"
-            )
-            return response
-        return _render(request, "login.html", {"title": "Sign in", "failed": True}, 401)
-    return _render(request, "login.html", {"title": "Sign in", "failed": False})
+    if request.method != "POST":
+        return _render(request, "login.html", {"title": "Sign in", "failed": False})
+    throttle: LoginThrottle = request.app.state.throttle
+    client = client_address(request.scope)
+    wait = throttle.retry_after(client)
+    if wait is not None:
+        context = {"title": "Sign in", "failed": False, "retry_after": wait}
+        response = _render(request, "login.html", context, 429)
+        response.headers["Retry-After"] = str(wait)
+        return response
+    form = await _form(request)
+    presented = str(form.get("token", ""))
+    if token is not None and hmac.compare_digest(presented.encode(), token.encode()):
+        throttle.succeeded(client)
+        sessions: Sessions = request.app.state.sessions
+        response = RedirectResponse(_url(request), status_code=303)
+        response.set_cookie(
+            SESSION_COOKIE,
+            await sessions.issue(),
+            max_age=int(sessions.max_age),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
+        return response
+    throttle.failed(client)
+    return _render(request, "login.html", {"title": "Sign in", "failed": True}, 401)
 
 
 def dashboard_routes() -> list[BaseRoute]:

@@ -237,6 +237,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON {s}.perdure_queue_dead (queue, id)",
         ),
     ),
+    Migration(
+        6,
+        "perdure_meta: keys the API server signs cursors and sessions with",
+        (
+            # The table SQLite's layout has had from the start (perdure_meta), so the store
+            # reads and writes it with one statement for both: Store.secret keeps each key as
+            # hex text under "secret:<name>".
+            "CREATE TABLE IF NOT EXISTS {s}.perdure_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

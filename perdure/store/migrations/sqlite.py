@@ -8,7 +8,10 @@ records the newest layout the file has had; an older Perdure may still open it.
 
 from __future__ import annotations
 
+import re
 import sqlite3
+
+from ...errors import ReadOnlyStoreError
 
 # The layout is created in place (``IF NOT EXISTS``): a file from an older version gains the
 # tables it lacks when opened. 2 added ``workflows``; the prefix search of instance ids needs no
@@ -152,6 +155,12 @@ _COUNTS = (
 )
 
 
+# Every table, index and trigger of the layout: a file that has them all needs no upgrade.
+_LAYOUT_NAMES = frozenset(
+    re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA + _COUNTS[0]) + list(_COUNT_TRIGGERS)
+)
+
+
 def _ensure_counts(conn: sqlite3.Connection) -> None:
     """Create the counts and their triggers if the file lacks them, counting the instances it
     has. Run inside a write transaction: no other writer (of this process or another) can
@@ -196,8 +205,53 @@ def _never_reuse_message_ids(conn: sqlite3.Connection) -> None:
     conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('perdure_queue_messages', ?)", (high,))
 
 
+def stored_layout(conn: sqlite3.Connection) -> int | None:
+    """The layout the file records (``perdure_meta.schema_version``), or None for a file that
+    Perdure never wrote (an empty one, or another application's). Reads only."""
+    try:
+        row = conn.execute("SELECT value FROM perdure_meta WHERE key = 'schema_version'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise
+    return None if row is None else int(row[0])
+
+
+def check_layout(conn: sqlite3.Connection, path: str) -> None:
+    """Refuse to read, on a read-only connection, a file in a layout older than this Perdure's:
+    only a writable open upgrades it (in place, see :func:`create_or_upgrade`)."""
+    layout = stored_layout(conn)
+    if layout is None:
+        raise ReadOnlyStoreError(
+            f"{path} is not a Perdure database (it has no perdure_meta table): a read-only open cannot create one"
+        )
+    if layout < SCHEMA_VERSION:
+        raise ReadOnlyStoreError(
+            f"{path} has layout {layout} and this Perdure reads layout {SCHEMA_VERSION}: a read-only open cannot"
+            " upgrade it; open it once for writing (start a worker, or run a command that writes) and it upgrades"
+            " in place"
+        )
+
+
+def _up_to_date(conn: sqlite3.Connection) -> bool:
+    """Whether the file has this layout (or a newer one) whole, so that opening it needs no write
+    (nor the write lock, which another process may hold)."""
+    layout = stored_layout(conn)
+    if layout is None or layout < SCHEMA_VERSION:
+        return False
+    names = {
+        row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table', 'index', 'trigger')")
+    }
+    return names.issuperset(_LAYOUT_NAMES)
+
+
 def create_or_upgrade(conn: sqlite3.Connection) -> None:
-    """Bring the file behind ``conn`` (autocommit, not in a transaction) to :data:`SCHEMA_VERSION`."""
+    """Bring the file behind ``conn`` (autocommit, not in a transaction) to :data:`SCHEMA_VERSION`.
+
+    A file already there is only read: no write transaction, so a worker or a server opens it
+    while another process holds the write lock (it waits for the lock at its first write)."""
+    if _up_to_date(conn):
+        return
     conn.executescript(_SCHEMA)  # each statement on its own (executescript commits first)
     conn.execute("BEGIN IMMEDIATE")
     try:
