@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, overload
 
 from . import validators
 from .clock import Clock, run_with_timeout
+from .dag import Declarations, DoOptions, StepFunction, check_depends, parameters
 from .durations import Duration, parse_duration, parse_timestamp
 from .errors import (
     EventTimeoutError,
@@ -34,7 +35,7 @@ from .errors import (
 )
 from .event import to_datetime
 from .leases import AlwaysFresh, LeaseGate, LeaseLost
-from .records import COMPLETE, DO, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
+from .records import COMPLETE, DO, ROLLBACK, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
 from .retries import (
     DEFAULT_CONFIG,
     DYNAMIC_DELAY,
@@ -45,6 +46,7 @@ from .retries import (
     stored_config,
     timeout_seconds,
 )
+from .rollback import Handler, Registry, check_handler
 from .serde import error_info, rebuild_error
 from .tracing import span
 
@@ -66,71 +68,6 @@ class Stop(BaseException):
         super().__init__(kind)
         self.kind: StopKind = kind
         self.error = error
-
-
-_signatures: dict[Any, list[str]] = {}
-
-
-def _parameters(fn: Callable[..., Any]) -> list[str]:
-    key = getattr(fn, "__code__", fn)
-    names = _signatures.get(key)
-    if names is None:
-        try:
-            parameters = inspect.signature(fn).parameters.values()
-        except (TypeError, ValueError):  # some builtins have no signature: call them bare
-            parameters = []  # type: ignore[assignment]
-        names = [
-            p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty
-        ]
-        _signatures[key] = names
-    return names
-
-
-def _check_depends(name: str | None, depends: Any) -> list[StepFunction]:
-    if not isinstance(depends, (list, tuple)) or not all(isinstance(d, StepFunction) for d in depends):
-        raise TypeError(
-            f"step {name!r}: depends must be a list of step functions (made with @step.do), got {depends!r}"
-        )
-    return list(depends)
-
-
-def _check_positional(name: str, fn: Callable[..., Any], depends: list[StepFunction]) -> None:
-    params = [p for p in _parameters(fn) if p != "ctx"]
-    if len(params) != len(depends):
-        raise TypeError(
-            f"step {name!r}: depends lists {len(depends)} step function(s) "
-            f"({', '.join(d.__name__ for d in depends) or 'none'}) but {getattr(fn, '__name__', 'the function')} "
-            f"takes {len(params)} parameter(s) besides ctx ({', '.join(params) or 'none'}); "
-            "their results are passed in depends order"
-        )
-
-
-class StepFunction:
-    """What ``@step.do(...)`` returns: awaiting ``fn()`` runs the step (the decorator alone does not)."""
-
-    def __init__(
-        self,
-        step: Step,
-        fn: Callable[..., Any],
-        name: str,
-        config: Any,
-        concurrent: bool,
-        depends: list[StepFunction] | None = None,
-    ) -> None:
-        self._step = step
-        self.fn = fn
-        self.name = name
-        self.config = config
-        self.concurrent = concurrent
-        self.depends = depends
-        self.__name__ = getattr(fn, "__name__", name)
-        self.__doc__ = getattr(fn, "__doc__", None)
-
-    def __call__(self) -> Awaitable[Any]:
-        return self._step._invoke(self)
-
-    def __repr__(self) -> str:
-        return f"<step function {self.__name__} (step {self.name!r})>"
 
 
 class Step:
@@ -158,9 +95,8 @@ class Step:
         self._do_calls = 0
         self._step_limit = step_limit
         self._fast_wait = fast_wait
-        self._declared: dict[str, StepFunction] = {}
-        self._results: dict[str, Any] = {}
-        self._in_flight: dict[str, asyncio.Future[Any]] = {}
+        self._dag = Declarations(self._run_do)
+        self._rollbacks = Registry()
         self._active = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -176,7 +112,14 @@ class Step:
 
     @overload
     def do(
-        self, name: str | None = None, /, *, config: Mapping[str, Any] | None = None, concurrent: bool = False
+        self,
+        name: str | None = None,
+        /,
+        *,
+        config: Mapping[str, Any] | None = None,
+        concurrent: bool = False,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], StepFunction]: ...
 
     @overload
@@ -188,6 +131,8 @@ class Step:
         depends: Sequence[StepFunction],
         config: Mapping[str, Any] | None = None,
         concurrent: bool = False,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: Mapping[str, Any] | None = None,
     ) -> Callable[[Callable[..., Any]], StepFunction]: ...
 
     @overload
@@ -209,6 +154,8 @@ class Step:
         *,
         config: Mapping[str, Any] | None = None,
         concurrent: bool = False,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: Mapping[str, Any] | None = None,
     ) -> Awaitable[Any]: ...
 
     def do(
@@ -222,6 +169,8 @@ class Step:
         config: Mapping[str, Any] | None = None,
         concurrent: bool = False,
         depends: Sequence[StepFunction] | None = None,
+        rollback: Callable[..., Any] | None = None,
+        rollback_config: Mapping[str, Any] | None = None,
     ) -> Any:
         """Run ``fn`` as a durable, retried step.
 
@@ -233,6 +182,8 @@ class Step:
         * ``@step.do("name", depends=[a, b])`` (or ``step.do("name", [a, b], concurrent, config)``)
           is the legacy form of Cloudflare's Python API: the results of ``a`` and ``b`` are
           passed positionally, in that order, to the parameters other than ``ctx``.
+        * ``rollback=handler`` (with ``rollback_config={"retries": ..., "timeout": ...}``)
+          registers a saga handler, run if the instance fails (see :mod:`perdure.rollback`).
         """
         if isinstance(fn, (list, tuple)):  # legacy positional form: do(name, depends, concurrent, config)
             depends, fn = fn, None
@@ -241,91 +192,32 @@ class Step:
         elif legacy_concurrent is not None or legacy_config is not None:
             raise TypeError("step.do(name, fn): concurrent and config are keyword arguments here")
         if callable(name) and fn is None:  # bare @step.do
-            return self._declare(name, name.__name__, config, concurrent, None)
+            return self._declare(name, name.__name__, DoOptions(config, concurrent))
         if name is not None:
             validators.step_name(name)
-        checked = None if depends is None else _check_depends(name, depends)
+        if rollback is None and rollback_config is not None:
+            raise ValidationError(f"step {name!r}: rollback_config needs a rollback handler (rollback=...)")
+        if rollback is not None:
+            check_handler(str(name), rollback, rollback_config)  # before anything runs or is stored
+        checked = None if depends is None else check_depends(name, depends)
+        options = DoOptions(config, concurrent, checked, rollback, rollback_config)
         if fn is None:
 
             def decorator(func: Callable[..., Any]) -> StepFunction:
-                return self._declare(func, name or func.__name__, config, concurrent, checked)
+                return self._declare(func, name or func.__name__, options)
 
             return decorator
         if checked is not None:
             raise TypeError(f"step {name!r}: depends= goes with the decorator form, @step.do(name, depends=[...])")
         if not callable(fn):
             raise TypeError(f"step.do({name!r}, fn): fn must be callable, got {type(fn).__name__}")
-        return self._run_do(name, fn, config, concurrent)
+        return self._run_do(name, fn, options)
 
-    def _declare(
-        self, fn: Callable[..., Any], name: str, config: Any, concurrent: bool, depends: list[StepFunction] | None
-    ) -> StepFunction:
+    def _declare(self, fn: Callable[..., Any], name: str, options: DoOptions) -> StepFunction:
         validators.step_name(name)
-        if depends is not None:
-            _check_positional(name, fn, depends)
-        declared = StepFunction(self, fn, name, config, concurrent, depends)
-        self._declared[declared.__name__] = declared
-        return declared
+        return self._dag.declare(fn, name, options)
 
-    async def _invoke(self, declared: StepFunction) -> Any:
-        key = declared.__name__
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._in_flight[key] = future
-        try:
-            result = await self._run_do(
-                declared.name, declared.fn, declared.config, declared.concurrent, declared.depends
-            )
-        except BaseException as exc:
-            if not future.done():
-                future.set_exception(exc)
-                future.exception()  # retrieved here; dependents re-raise it themselves
-            raise
-        finally:
-            if self._in_flight.get(key) is future:
-                del self._in_flight[key]
-        self._results[key] = result
-        future.set_result(result)
-        return result
-
-    async def _dependency(self, param: str, declared: StepFunction | None = None) -> Any:
-        if param in self._results:
-            return self._results[param]
-        if param in self._in_flight:
-            return await asyncio.shield(self._in_flight[param])
-        return await self._invoke(declared if declared is not None else self._declared[param])
-
-    async def _dependencies(
-        self, name: str, fn: Callable[..., Any], concurrent: bool, depends: list[StepFunction] | None = None
-    ) -> dict[str, Any]:
-        """Results of the earlier step functions that ``fn``'s parameters name (or, in the
-        legacy form, that ``depends`` lists, for its parameters in order)."""
-        if depends is not None:
-            params = [p for p in _parameters(fn) if p != "ctx"]
-            awaited = [self._dependency(d.__name__, d) for d in depends]
-            if concurrent and len(awaited) > 1:
-                values = list(await asyncio.gather(*awaited))
-            else:
-                values = [await a for a in awaited]
-            return dict(zip(params, values, strict=True))
-        deps = [p for p in _parameters(fn) if p != "ctx"]
-        for p in deps:
-            if p not in self._declared:
-                raise TypeError(
-                    f"step {name!r}: unexpected parameter {p!r}; a step function's parameters must be 'ctx' "
-                    "or the names of earlier @step.do functions"
-                )
-        if concurrent and len(deps) > 1:
-            return dict(zip(deps, await asyncio.gather(*(self._dependency(p) for p in deps)), strict=True))
-        return {p: await self._dependency(p) for p in deps}
-
-    async def _run_do(
-        self,
-        name: str,
-        fn: Callable[..., Any],
-        config: Any,
-        concurrent: bool,
-        depends: list[StepFunction] | None = None,
-    ) -> Any:
+    async def _run_do(self, name: str, fn: Callable[..., Any], options: DoOptions) -> Any:
         self._check_continue()
         self._do_calls += 1
         if self._do_calls > self._step_limit:
@@ -337,13 +229,16 @@ class Step:
                     "(set register(..., limits={'steps': n}))",
                 },
             )
-        kwargs = await self._dependencies(name, fn, concurrent, depends)  # before our count: a stable order
+        config = options.config
+        kwargs = await self._dag.resolve(name, fn, options)  # before our count: a stable order
         count = self._next_count(DO, name)
         record = self._memo.get((DO, name, count))
         if record is not None and record.status == COMPLETE:
+            self._register_rollback(record, options, record.result)
             return record.result
         if record is not None and record.status == "failed":
             assert record.error is not None
+            self._register_rollback(record, options, None)
             raise rebuild_error(record.error)
         if record is None:
             resolved = resolve_config(name, config)  # raises ValueError before any attempt
@@ -357,7 +252,58 @@ class Step:
                     resolved = {**resolved, "retries": {**resolved["retries"], "delay": live["retries"]["delay"]}}
             if record.attempts and record.attempts[-1].get("end") is None:
                 record.attempts[-1].update(end=self._clock.now(), error=_LOST_ATTEMPT, lost=True)
-        return await self._attempts(record, fn, resolved, kwargs, "ctx" in _parameters(fn))
+        if options.rollback is None:
+            return await self._attempts(record, fn, resolved, kwargs, "ctx" in parameters(fn))
+        try:
+            result = await self._attempts(record, fn, resolved, kwargs, "ctx" in parameters(fn))
+        except Exception:
+            if record.status == "failed":  # failed for good: its handler runs with output=None
+                self._register_rollback(record, options, None)
+            raise
+        self._register_rollback(record, options, result)
+        return result
+
+    # -- rollbacks -----------------------------------------------------------------------------
+    def _register_rollback(self, record: StepRecord, options: DoOptions, output: Any) -> None:
+        if options.rollback is None:
+            return
+        config = check_handler(record.name, options.rollback, options.rollback_config)
+        step_config = record.config or resolve_config(record.name, options.config)
+        ctx = {
+            "step": {"name": record.name, "count": record.count},
+            "attempt": len(record.attempts),
+            "config": public_config(step_config),
+        }
+        self._rollbacks.register(
+            Handler(record.name, record.count, record.started_at, options.rollback, config, ctx, output)
+        )
+
+    async def run_rollbacks(self, error: BaseException) -> None:
+        """Run the registered rollback handlers, newest step first, as durable steps; the first
+        that fails for good stops the chain. Raises :class:`Stop` like any step (a handler's
+        long retry delay suspends the instance; the replay comes back here)."""
+        for handler in self._rollbacks.in_order():
+            record = self._memo.get((ROLLBACK, handler.name, handler.count))
+            if record is not None and record.status == COMPLETE:
+                continue  # it finished before a crash or a suspend: never again
+            if record is not None and record.status == "failed":
+                return  # the chain stopped here already
+            if record is None:
+                record = StepRecord(
+                    ROLLBACK,
+                    handler.name,
+                    handler.count,
+                    "running",
+                    self._clock.now(),
+                    config=stored_config(handler.config),
+                )
+                self._memo[record.key] = record
+            elif record.attempts and record.attempts[-1].get("end") is None:
+                record.attempts[-1].update(end=self._clock.now(), error=_LOST_ATTEMPT, lost=True)
+            try:
+                await self._attempts(record, handler.fn, handler.config, handler.arguments(error), False)
+            except Exception:
+                return  # a handler that failed for good stops the chain (as on Cloudflare)
 
     async def _attempts(
         self,

@@ -45,7 +45,7 @@ from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
 from .leases import LeaseGate
 from .records import COMPLETE, ERRORED, TERMINAL, InstanceRecord, WorkflowRecord
-from .serde import error_info
+from .serde import error_info, rebuild_error
 from .store import Store, open_store
 from .tracing import span
 
@@ -453,10 +453,12 @@ class Engine:
                 with span(f"workflow {record.workflow}", attributes):
                     output = await workflow.run(event, step)
             except Stop as stop:
-                await self._stopped(record, step, stop)
+                if stop.kind == "fatal" and stop.error is not None:
+                    await self._failed(record, step, rebuild_error(stop.error), stop.error)
+                else:
+                    await self._stopped(record, step, stop)
             except Exception as exc:
-                step.cancel_in_flight()
-                await self._finish(record, ERRORED, None, error_info(exc))
+                await self._failed(record, step, exc, error_info(exc))
             else:
                 step.cancel_in_flight()
                 try:
@@ -483,6 +485,19 @@ class Engine:
                     del self._gates[record.pk]
             self.instance_ended(record.pk)
             self.nudge()
+
+    async def _failed(self, record: InstanceRecord, step: Step, exc: BaseException, error: dict[str, str]) -> None:
+        """The run failed: run its rollback handlers (perdure.rollback), then end it ``errored``
+        with the error that failed it. A handler's Stop (a suspend, a lost lease) ends this run
+        instead; the replay fails the same way and carries on with the handlers left."""
+        step.cancel_in_flight()
+        try:
+            await step.run_rollbacks(exc)
+        except Stop as stop:
+            if stop.kind != "fatal":
+                await self._stopped(record, step, stop)
+                return
+        await self._finish(record, ERRORED, None, error)
 
     async def _stopped(self, record: InstanceRecord, step: Step, stop: Stop) -> None:
         if stop.kind == "suspend":

@@ -41,7 +41,24 @@ def make_engine(url: str, effects: str) -> Engine:
             approval = await step.wait_for_event("approval", "approval", timeout="1 minute")
             return {"slept": after - before, "approval": approval["payload"]}
 
+    class Saga(WorkflowEntrypoint):
+        """Five steps with rollback handlers, then a failure: the handlers log and take a while."""
+
+        async def run(self, event: Any, step: Any) -> Any:
+            for i in range(5):
+
+                async def undo(output: int) -> None:
+                    with open(effects, "a") as f:
+                        f.write(f"{os.getpid()} {event.instance_id} undo-{output}-start\n")
+                    await asyncio.sleep(0.15)
+                    with open(effects, "a") as f:
+                        f.write(f"{os.getpid()} {event.instance_id} undo-{output}-end\n")
+
+                await step.do(f"book-{i}", lambda i=i: i, rollback=undo, rollback_config={"retries": {"limit": 0}})
+            raise RuntimeError("the trip is off")
+
     engine = Engine(url, max_concurrent=5, poll_interval=0.02, fast_wait=0.1)
+    engine.register(Saga, name="saga")
     engine.register(Twenty, name="twenty")
     engine.register(Napper, name="napper")
     return engine

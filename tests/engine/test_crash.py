@@ -151,3 +151,39 @@ async def test_an_idle_worker_takes_over_from_a_worker_killed_mid_run(db_url: st
             worker.kill()
             worker.wait()
     await client.stop()
+
+
+async def test_sigkill_during_a_rollback_resumes_it_and_no_handler_runs_twice_after_it_finished(
+    db_url: str, tmp_path: Path
+) -> None:
+    effects = tmp_path / "effects.log"
+    effects.touch()
+    client = make_engine(db_url, str(effects))
+    instances = await client.binding("saga").create_batch([{"id": f"trip-{n}"} for n in range(3)])
+    worker = start_worker(db_url, effects)
+    try:
+        deadline = time.monotonic() + 20
+        while effects.read_text().count("undo-2-start") < 3:  # every trip is inside its rollback
+            assert time.monotonic() < deadline, effects.read_text()
+            await asyncio.sleep(0.01)
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+        worker = start_worker(db_url, effects)
+        for instance in instances:
+            status = await instance.wait(timeout=30)
+            assert status["status"] == "errored"
+            assert status["error"] == {"name": "RuntimeError", "message": "the trip is off"}
+    finally:
+        worker.kill()
+        worker.wait()
+    lines = [line.split() for line in effects.read_text().splitlines()]
+    for n in range(3):
+        log = [what for _, trip, what in lines if trip == f"trip-{n}"]
+        starts = [w.split("-")[1] for w in log if w.endswith("-start")]
+        ends = [w.split("-")[1] for w in log if w.endswith("-end")]
+        assert ends == ["4", "3", "2", "1", "0"]  # every handler finished once, newest step first
+        assert sorted(set(starts), reverse=True) == ["4", "3", "2", "1", "0"]
+        assert len(starts) - len(set(starts)) <= 1  # only the handler the kill interrupted started again
+        steps = await client.store.load_steps(instances[n].pk)
+        assert sorted(s.name for s in steps if s.kind == "rollback") == [f"book-{i}" for i in range(5)]
+    await client.stop()
