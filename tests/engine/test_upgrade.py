@@ -76,7 +76,7 @@ async def test_a_perdure_0_1_sqlite_file_upgrades_in_place(tmp_path: Path) -> No
         await store.open()
         with sqlite3.connect(path) as raw:
             (version,) = raw.execute("SELECT value FROM perdure_meta WHERE key = 'schema_version'").fetchone()
-        assert version == str(SCHEMA_VERSION) == "5"
+        assert version == str(SCHEMA_VERSION) == "6"
         await check_everything_kept(store, made)
         with sqlite3.connect(path) as raw:  # layout 5: ids of acked messages are never handed out again
             (handed_out,) = raw.execute(
@@ -85,6 +85,11 @@ async def test_a_perdure_0_1_sqlite_file_upgrades_in_place(tmp_path: Path) -> No
             ).fetchone()
         (new_id,) = await store.queue_send("upgrade-check", ["{}"], 0.0, 0.0)
         assert new_id > handed_out
+        with sqlite3.connect(path) as raw:  # layout 6: columns added in place, with their index
+            columns = {row[1] for row in raw.execute("PRAGMA table_info(instances)")}
+            assert {"terminating", "success_retention", "error_retention", "expires_at"} <= columns
+            names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
+            assert {"ix_instances_expires", "perdure_subscriptions"} <= names
     finally:
         await store.close()
 
@@ -107,7 +112,7 @@ async def test_a_perdure_0_1_postgresql_schema_upgrades_in_place() -> None:
             await store.open()
             with psycopg.connect(server_url(), autocommit=True) as conn:
                 rows = conn.execute(f'SELECT version FROM "{schema}".schema_migrations ORDER BY 1').fetchall()
-            assert [r[0] for r in rows] == list(range(1, LATEST + 1)) and LATEST == 6
+            assert [r[0] for r in rows] == list(range(1, LATEST + 1)) and LATEST == 7
             await check_everything_kept(store, made)
         finally:
             await store.close()

@@ -23,7 +23,22 @@ from ...errors import ReadOnlyStoreError
 # AUTOINCREMENT: a plain INTEGER PRIMARY KEY reuses the id of an acked (deleted) message, and
 # a queue consumer's default instance id ``<queue>-<message id>`` then names an instance that
 # exists, so a new message was acked without starting one (see _never_reuse_message_ids).
-SCHEMA_VERSION = 5
+# 6 added the instances' ``terminating`` (a terminate that runs the rollback handlers first),
+# their retention (``success_retention``, ``error_retention``, seconds, and ``expires_at``, set
+# when they finish) and ``perdure_subscriptions`` (how far each lifecycle subscription has
+# delivered the history); the columns are added in place (see _add_columns).
+SCHEMA_VERSION = 6
+# Columns added after a table was first created, by layout: (table, column, type).
+_ADDED_COLUMNS = (
+    ("instances", "terminating", "TEXT"),
+    ("instances", "success_retention", "REAL"),
+    ("instances", "error_retention", "REAL"),
+    ("instances", "expires_at", "REAL"),
+)
+# Indexes on added columns: made after the columns (an older file's table lacks them).
+_LATER_INDEXES = (
+    "CREATE INDEX IF NOT EXISTS ix_instances_expires ON instances (expires_at) WHERE expires_at IS NOT NULL",
+)
 # The queue messages' table and index: in the layout, and again when layout 5 rebuilds them.
 _QUEUE_MESSAGES = (
     """CREATE TABLE IF NOT EXISTS perdure_queue_messages (
@@ -60,6 +75,10 @@ CREATE TABLE IF NOT EXISTS instances (
     epoch INTEGER NOT NULL DEFAULT 0,
     owner TEXT,
     lease_until REAL,
+    terminating TEXT,
+    success_retention REAL,
+    error_retention REAL,
+    expires_at REAL,
     UNIQUE (workflow, id)
 );
 CREATE INDEX IF NOT EXISTS ix_instances_runnable ON instances (status, wake_at);
@@ -118,6 +137,7 @@ CREATE TABLE IF NOT EXISTS perdure_queue_dead (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON perdure_queue_dead (queue, id);
+CREATE TABLE IF NOT EXISTS perdure_subscriptions (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """ + "".join(f"{statement};\n" for statement in _QUEUE_MESSAGES)
 
 # The number of instances of each (workflow, status), kept by triggers on instances, so that
@@ -157,8 +177,19 @@ _COUNTS = (
 
 # Every table, index and trigger of the layout: a file that has them all needs no upgrade.
 _LAYOUT_NAMES = frozenset(
-    re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA + _COUNTS[0]) + list(_COUNT_TRIGGERS)
+    re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA + _COUNTS[0] + "".join(_LATER_INDEXES))
+    + list(_COUNT_TRIGGERS)
 )
+
+
+def _add_columns(conn: sqlite3.Connection) -> None:
+    """Add the columns of later layouts that a file's tables lack (inside a write transaction)."""
+    for table, column, kind in _ADDED_COLUMNS:
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        if column not in present:
+            conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    for statement in _LATER_INDEXES:
+        conn.execute(statement)
 
 
 def _ensure_counts(conn: sqlite3.Connection) -> None:
@@ -257,6 +288,7 @@ def create_or_upgrade(conn: sqlite3.Connection) -> None:
     try:
         _ensure_counts(conn)
         _never_reuse_message_ids(conn)
+        _add_columns(conn)
         conn.execute(  # the newest layout the file has had (an older Perdure may open it too)
             "INSERT INTO perdure_meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO UPDATE"
             " SET value = excluded.value WHERE CAST(value AS INTEGER) < CAST(excluded.value AS INTEGER)",
