@@ -27,7 +27,9 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "timeout": "10 minutes",
 }
 BACKOFFS = ("constant", "linear", "exponential")
-_TOP_KEYS = {"retries", "timeout"}
+_TOP_KEYS = {"retries", "timeout", "sensitive"}
+REDACTED = "[REDACTED]"
+"""What a ``sensitive: "output"`` step's result reads as outside the workflow (Cloudflare's)."""
 _RETRY_KEYS = {"limit", "delay", "backoff"}
 
 
@@ -40,7 +42,9 @@ def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any
         raise ValidationError(f"step {step!r}: config must be a mapping, got {type(config).__name__}")
     unknown = set(config) - _TOP_KEYS
     if unknown:
-        raise ValidationError(f"step {step!r}: unknown config key(s) {sorted(unknown)}; allowed: 'retries', 'timeout'")
+        raise ValidationError(
+            f"step {step!r}: unknown config key(s) {sorted(unknown)}; allowed: 'retries', 'timeout', 'sensitive'"
+        )
     if "retries" in config:
         retries = config["retries"]
         if not isinstance(retries, Mapping):
@@ -53,6 +57,13 @@ def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any
         resolved["retries"].update(retries)
     if "timeout" in config:
         resolved["timeout"] = config["timeout"]
+    if "sensitive" in config:
+        if config["sensitive"] != "output":
+            raise ValidationError(
+                f"step {step!r}: config 'sensitive' must be \"output\" (the step's result is then shown as "
+                f"{REDACTED!r} everywhere but in the workflow), got {config['sensitive']!r}"
+            )
+        resolved["sensitive"] = "output"
     _validate(step, resolved)
     return resolved
 
@@ -97,6 +108,11 @@ def _check_delay_function(step: str, delay: Callable[..., Any]) -> None:
                     f"step {step!r}: the 'retries.delay' function's parameter {p.name!r} is not one the "
                     "engine passes; use 'ctx' and/or 'error'"
                 )
+
+
+def is_sensitive(config: Mapping[str, Any] | None) -> bool:
+    """Whether a step's (stored) config hides its result: ``{"sensitive": "output"}``."""
+    return bool(config) and config.get("sensitive") == "output"  # type: ignore[union-attr]
 
 
 def has_dynamic_delay(config: Mapping[str, Any]) -> bool:

@@ -59,6 +59,11 @@ def check_handler(step: str, fn: Any, config: Mapping[str, Any] | None) -> dict[
                     f"step {step!r}: the rollback handler's parameter {p.name!r} is not one the engine "
                     "passes; use 'ctx', 'error' and/or 'output'"
                 )
+    if config is not None and isinstance(config, Mapping) and set(config) - {"retries", "timeout"}:
+        raise ValidationError(
+            f"step {step!r}: unknown rollback_config key(s) {sorted(set(config) - {'retries', 'timeout'})}; "
+            "allowed: 'retries', 'timeout'"
+        )
     return resolve_config(f"{step} (rollback_config)", config)
 
 

@@ -30,6 +30,7 @@ from .. import validators
 from ..binding import Instance, WorkflowBinding
 from ..errors import InstanceNotFoundError, PerdureError, ReadOnlyStoreError, ValidationError, WorkflowNotFoundError
 from ..records import DO, ROLLBACK, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
+from ..retries import REDACTED, is_sensitive
 from ..serde import public_error
 from .formatting import duration_ms, iso
 
@@ -93,6 +94,8 @@ def _step_status(step: StepRecord) -> str:
 def step_view(step: StepRecord, *, include_output: bool = True) -> dict[str, Any]:
     """One step: type, label, status, times, attempts (``do`` steps only), output, error, config."""
     output = step.result if include_output and step.status == "complete" else None
+    if output is not None and is_sensitive(step.config):  # kept for the workflow's replays only
+        output = REDACTED
     view: dict[str, Any] = {
         "type": STEP_TYPES.get(step.kind, step.kind),
         "name": step.name,

@@ -140,7 +140,7 @@ async def test_a_caught_failure_does_not_roll_back_and_success_runs_no_handler(m
         ({"rollback": "refund"}, "rollback must be a function, got str"),
         ({"rollback": lambda amount: None}, "parameter 'amount' is not one the engine passes"),
         ({"rollback": lambda: None, "rollback_config": {"retries": {"limit": -1}}}, "'retries.limit' must be"),
-        ({"rollback": lambda: None, "rollback_config": {"sensitive": "x"}}, "unknown config key"),
+        ({"rollback": lambda: None, "rollback_config": {"sensitive": "x"}}, "unknown rollback_config key"),
         ({"rollback_config": {"timeout": "1 minute"}}, "rollback_config needs a rollback handler"),
     ],
 )
