@@ -152,10 +152,15 @@ class Instance:
         await store.resume(self.pk, self._engine.clock.now())
         self._engine.nudge()
 
-    async def terminate(self) -> None:
-        """Stop for good; raises :class:`~perdure.InvalidStateError` if already terminal."""
+    async def terminate(self, *, rollback: bool = False) -> None:
+        """Stop for good; raises :class:`~perdure.InvalidStateError` if already terminal.
+
+        With ``rollback=True`` (Cloudflare's ``terminate({rollback: true})``) the rollback
+        handlers of the finished steps run first, newest first, on a worker that has the
+        workflow's code; the instance stays ``running`` meanwhile and then ends ``terminated``
+        (at once when no step finished). The handlers' ``error`` is ``Terminated``."""
         store = await self._binding._store()
-        await store.terminate(self.pk, self._engine.clock.now())
+        await store.terminate(self.pk, self._engine.clock.now(), rollback=rollback)
         self._engine.control_changed()
         self._engine.instance_ended(self.pk)
 

@@ -84,9 +84,13 @@ class Step:
         step_limit: int,
         fast_wait: float,
         lease: LeaseGate | None = None,
+        replay_only: bool = False,
     ) -> None:
         self._store = store
         self._lease = lease if lease is not None else AlwaysFresh()
+        # Replay only (terminate with rollback): stored steps come back, and the first step
+        # that did not finish ends the run (Stop("replayed")) instead of running.
+        self._replay_only = replay_only
         self._pk = pk
         self._epoch = epoch
         self._clock = clock
@@ -240,6 +244,8 @@ class Step:
             assert record.error is not None
             self._register_rollback(record, options, None)
             raise rebuild_error(record.error)
+        if self._replay_only:
+            raise Stop("replayed")
         if record is None:
             resolved = resolve_config(name, config)  # raises ValueError before any attempt
             record = StepRecord(DO, name, count, "running", self._clock.now(), config=stored_config(resolved))
@@ -423,6 +429,8 @@ class Step:
         record = self._memo.get((SLEEP, name, count))
         if record is not None and record.status == COMPLETE:
             return
+        if self._replay_only:
+            raise Stop("replayed")
         now = self._clock.now()
         if record is None:
             record = StepRecord(SLEEP, name, count, "waiting", now, config=config, wake_at=deadline(now))
@@ -459,6 +467,8 @@ class Step:
             return _event_value(record.result)
         if record is not None and record.status == "failed":
             raise EventTimeoutError(record.error["message"] if record.error else "timed out")
+        if self._replay_only:
+            raise Stop("replayed")
         now = self._clock.now()
         if record is None:
             record = StepRecord(

@@ -44,7 +44,7 @@ from .entrypoint import WorkflowEntrypoint
 from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
 from .leases import LeaseGate
-from .records import COMPLETE, ERRORED, TERMINAL, InstanceRecord, WorkflowRecord
+from .records import COMPLETE, ERRORED, TERMINAL, TERMINATED, InstanceRecord, WorkflowRecord
 from .serde import error_info, rebuild_error
 from .store import Store, open_store
 from .tracing import span
@@ -439,6 +439,7 @@ class Engine:
                 step_limit=registration.step_limit,
                 fast_wait=self.fast_wait,
                 lease=lease,
+                replay_only=record.terminating is not None,
             )
             event = WorkflowEvent(
                 payload=record.params,
@@ -449,6 +450,9 @@ class Engine:
             )
             workflow = registration.cls(registration.env)
             attributes = {"perdure.workflow": record.workflow, "perdure.instance_id": record.id}
+            if record.terminating is not None:
+                await self._terminate_with_rollback(record, step, workflow, event)
+                return
             try:
                 with span(f"workflow {record.workflow}", attributes):
                     output = await workflow.run(event, step)
@@ -498,6 +502,29 @@ class Engine:
                 await self._stopped(record, step, stop)
                 return
         await self._finish(record, ERRORED, None, error)
+
+    async def _terminate_with_rollback(
+        self, record: InstanceRecord, step: Step, workflow: WorkflowEntrypoint, event: WorkflowEvent
+    ) -> None:
+        """``terminate(rollback=True)``: replay the run up to its first unfinished step to
+        collect the rollback handlers of the finished ones, run them, then end it terminated."""
+        assert record.terminating is not None
+        try:
+            await workflow.run(event, step)
+        except Stop as stop:
+            if stop.kind in ("fenced", "lost"):
+                await self._stopped(record, step, stop)
+                return
+        except Exception:  # the replay failed the way the run did: its handlers are collected
+            pass
+        step.cancel_in_flight()
+        try:
+            await step.run_rollbacks(rebuild_error(record.terminating))
+        except Stop as stop:
+            if stop.kind != "fatal":
+                await self._stopped(record, step, stop)
+                return
+        await self.store.finish(record.pk, record.epoch, TERMINATED, None, None, self.clock.now())
 
     async def _stopped(self, record: InstanceRecord, step: Step, stop: Stop) -> None:
         if stop.kind == "suspend":

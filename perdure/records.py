@@ -33,6 +33,8 @@ TERMINATED: Final = "terminated"
 COMPLETE: Final = "complete"
 WAITING: Final = "waiting"
 WAITING_FOR_PAUSE: Final = "waitingForPause"
+#: The error rollback handlers receive after ``terminate(rollback=True)`` (Cloudflare's).
+TERMINATED_ERROR: Final = {"name": "Terminated", "message": "Instance terminated during rollback"}
 UNKNOWN: Final = "unknown"
 STATUSES: Final[tuple[InstanceStatus, ...]] = (
     QUEUED,
@@ -67,7 +69,7 @@ STEP_FAILED: Final = "failed"
 # Why a run ended before ``run()`` returned: suspend (it waits for a deadline or an event),
 # fenced (another worker or a control call took the instance), lost (the database failed under
 # it), fatal (the instance errors).
-StopKind = Literal["suspend", "fenced", "lost", "fatal"]
+StopKind = Literal["suspend", "fenced", "lost", "fatal", "replayed"]
 
 
 # -- records -------------------------------------------------------------------------------------------
@@ -90,6 +92,9 @@ class InstanceRecord:
     wake_at: float | None = None
     schedule: dict[str, Any] | None = None
     owner: str | None = None
+    #: Set by ``terminate(rollback=True)``: the error its rollback handlers run with before the
+    #: instance ends ``terminated`` (the next worker to claim it runs them).
+    terminating: dict[str, str] | None = None
 
 
 @dataclass(slots=True)

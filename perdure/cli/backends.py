@@ -149,10 +149,14 @@ class HttpBackend:
     async def describe(self, name: str, instance_id: str) -> dict[str, Any]:
         return dict(await self.call("GET", f"/api/workflows/{_seg(name)}/instances/{_seg(instance_id)}"))
 
-    async def control(self, name: str, instance_id: str, action: str, from_step: dict[str, Any] | None) -> Any:
+    async def control(
+        self, name: str, instance_id: str, action: str, from_step: dict[str, Any] | None, rollback: bool = False
+    ) -> Any:
         body: dict[str, Any] = {"status": action}
         if from_step is not None:
             body["from_step"] = from_step
+        if rollback:
+            body["rollback"] = True
         path = f"/api/workflows/{_seg(name)}/instances/{_seg(instance_id)}/status"
         return await self.call("PATCH", path, body=body)
 
@@ -213,8 +217,10 @@ class DbBackend:
     async def describe(self, name: str, instance_id: str) -> dict[str, Any]:
         return await self.ops.describe(name, instance_id)
 
-    async def control(self, name: str, instance_id: str, action: str, from_step: dict[str, Any] | None) -> Any:
-        return await self.ops.control(name, instance_id, action, from_step=from_step)
+    async def control(
+        self, name: str, instance_id: str, action: str, from_step: dict[str, Any] | None, rollback: bool = False
+    ) -> Any:
+        return await self.ops.control(name, instance_id, action, from_step=from_step, rollback=rollback)
 
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> Any:
         return await self.ops.send_event(name, instance_id, event_type, payload)

@@ -285,7 +285,8 @@ def _control_command(action: str, help_text: str) -> click.Command:
         from_step = None
         if kw.get("from_step_name"):
             from_step = {"name": kw["from_step_name"], "count": kw["from_step_count"], "type": kw["from_step_type"]}
-        summary = _run(ctx, lambda b: b.control(name, instance_id, action, from_step))
+        rollback = bool(kw.get("rollback"))
+        summary = _run(ctx, lambda b: b.control(name, instance_id, action, from_step, rollback))
         past = {"pause": "paused", "resume": "resumed", "terminate": "terminated", "restart": "restarted"}[action]
         _emit(ctx, summary, lambda c, d: c.print(f'Instance "{d["id"]}" {past}: now {d["status"]}'))
 
@@ -296,6 +297,10 @@ def _control_command(action: str, help_text: str) -> click.Command:
         )
         command = click.option("--from-step-count", type=click.IntRange(1), default=1)(command)
         command = click.option("--from-step-name", help="keep the results of the steps before this one")(command)
+    if action == "terminate":
+        command = click.option(
+            "--rollback", is_flag=True, help="run the rollback handlers of its finished steps first (newest first)"
+        )(command)
     return instances.command(action)(command)
 
 

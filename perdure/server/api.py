@@ -199,13 +199,17 @@ async def change_status(request: Request, ops: Operations) -> Response:
     body = await read_json(request, required=True)
     if not isinstance(body, dict):
         raise ValidationError('the body must be an object {"status": "pause"|"resume"|"terminate"|"restart"}')
-    unknown = set(body) - {"status", "from_step"}
+    unknown = set(body) - {"status", "from_step", "rollback"}
     if unknown:
-        raise ValidationError(f"unknown key(s) {sorted(unknown)}; allowed: status, from_step")
+        raise ValidationError(f"unknown key(s) {sorted(unknown)}; allowed: status, from_step, rollback")
     if "status" not in body:
         raise ValidationError('the body needs "status": one of pause, resume, terminate, restart')
     summary = await ops.control(
-        request.path_params["name"], request.path_params["id"], body["status"], from_step=body.get("from_step")
+        request.path_params["name"],
+        request.path_params["id"],
+        body["status"],
+        from_step=body.get("from_step"),
+        rollback=body.get("rollback", False),
     )
     return JSONResponse(summary)
 

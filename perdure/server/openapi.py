@@ -11,7 +11,7 @@ from typing import Any
 
 from ..records import STATUSES
 from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
-from .operations import ACTIONS, CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LIST_LIMIT
+from .operations import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LIST_LIMIT
 
 #: Every ``error.code`` the API returns, with its HTTP status.
 ERROR_CODES: dict[str, int] = {
@@ -288,13 +288,27 @@ def _schemas() -> dict[str, Any]:
             },
         },
         "StatusChange": {
-            "description": "pause, resume or terminate; or restart, optionally from a step",
+            "description": "pause or resume; terminate, optionally running the rollback handlers first;"
+            " or restart, optionally from a step",
             "anyOf": [
                 {
                     "type": "object",
                     "required": ["status"],
                     "additionalProperties": False,
-                    "properties": {"status": {"type": "string", "enum": [a for a in ACTIONS if a != "restart"]}},
+                    "properties": {"status": {"type": "string", "enum": ["pause", "resume"]}},
+                },
+                {
+                    "type": "object",
+                    "required": ["status"],
+                    "additionalProperties": False,
+                    "properties": {
+                        "status": {"type": "string", "enum": ["terminate"]},
+                        "rollback": {
+                            "type": "boolean",
+                            "description": "run the rollback handlers of the finished steps (newest first) before"
+                            " the instance ends terminated (Cloudflare's terminate({rollback: true}))",
+                        },
+                    },
                 },
                 {
                     "type": "object",

@@ -462,10 +462,17 @@ class Operations:
         record = await self.get_record(name, instance_id)
         return Instance(binding, record.id, record.pk)
 
-    async def control(self, name: str, instance_id: str, action: object, *, from_step: object = None) -> dict[str, Any]:
-        """Pause, resume, terminate or restart; returns the instance's summary afterwards."""
+    async def control(
+        self, name: str, instance_id: str, action: object, *, from_step: object = None, rollback: object = False
+    ) -> dict[str, Any]:
+        """Pause, resume, terminate (with ``rollback``: its handlers first) or restart; returns
+        the instance's summary afterwards."""
         if action not in ACTIONS:
             raise ValidationError(f"status must be one of {', '.join(ACTIONS)}, got {str(action)[:60]!r}")
+        if not isinstance(rollback, bool):
+            raise ValidationError(f"rollback must be true or false, got {str(rollback)[:60]!r}")
+        if rollback and action != "terminate":
+            raise ValidationError("rollback is only allowed with status 'terminate'")
         key = validators.from_step(from_step)
         if key is not None and action != "restart":
             raise ValidationError("from_step is only allowed with status 'restart'")
@@ -475,7 +482,7 @@ class Operations:
         elif action == "resume":
             await instance.resume()
         elif action == "terminate":
-            await instance.terminate()
+            await instance.terminate(rollback=rollback)
         else:
             if key is not None:
                 store = await self.engine.ensure_store()

@@ -183,7 +183,9 @@ class Store(abc.ABC):
     async def resume(self, pk: int, now: float) -> str: ...
 
     @abc.abstractmethod
-    async def terminate(self, pk: int, now: float) -> str: ...
+    async def terminate(self, pk: int, now: float, *, rollback: bool = False) -> str:
+        """End the instance ``terminated`` (epoch + 1); with ``rollback`` and finished steps, make
+        it due now with ``terminating`` set instead, so a worker runs its rollback handlers first."""
 
     @abc.abstractmethod
     async def restart(self, pk: int, now: float, from_step: tuple[str, str, int] | None) -> str: ...

@@ -70,7 +70,7 @@ from .pg_listen import Changes, Listener
 from .pg_pools import PoolOptions, Pools
 from .pg_sql import CLAIM, CREATE, GIVE_UP, REGISTER_WORKFLOWS, SAVE_STEP, SAVE_STEPS, UPSERT_STEP
 from .pg_url import parse_url
-from .rows import dumps, instance_from_row, loads, step_row, workflow_rows
+from .rows import dumps, finish_history, instance_from_row, step_row, workflow_rows
 from .sql import SQLStore, Tx, postgres_dialect
 
 log = logging.getLogger("perdure.postgres")
@@ -523,16 +523,13 @@ class PostgresStore(SQLStore):
         self, pk: int, epoch: int, status: str, output_json: str | None, error: dict[str, str] | None, now: float
     ) -> None:
         """Mirrors sqlite's finish: fenced update plus its history row, in one statement."""
-        if status == COMPLETE:
-            kind, data = "WORKFLOW_SUCCESS", {"output": loads(output_json)}
-        else:
-            kind, data = "WORKFLOW_FAILURE", {"error": error}
+        kind, data = finish_history(status, output_json, error)
 
         async def op(conn: Conn) -> None:
             cur = await conn.execute(
                 self._q(
                     "WITH u AS (UPDATE {s}.instances SET status = %s, output = %s, error = %s, ended_at = %s,"
-                    " owner = NULL, lease_until = NULL, wake_at = NULL, wait_types = NULL"
+                    " owner = NULL, lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL"
                     " WHERE pk = %s AND epoch = %s RETURNING pk)"
                     " INSERT INTO {s}.history (instance_pk, type, ts, data) SELECT pk, %s, %s, %s FROM u RETURNING seq"
                 ),

@@ -9,7 +9,7 @@ from ..records import InstanceRecord, StepRecord, WorkflowRecord
 
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
-    "output, error, wake_at, schedule, owner"
+    "output, error, wake_at, schedule, owner, terminating"
 )
 STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
 WORKFLOW_COLUMNS = "name, class_name, schedules, step_limit, registered_at, updated_at"
@@ -48,7 +48,17 @@ def instance_from_row(row: tuple[Any, ...]) -> InstanceRecord:
         wake_at=row[12],
         schedule=loads(row[13]),
         owner=row[14],
+        terminating=loads(row[15]),
     )
+
+
+def finish_history(status: str, output_json: str | None, error: dict[str, str] | None) -> tuple[str, Any]:
+    """The history row that ends an instance with ``status`` (``finish``, both backends)."""
+    if status == "complete":
+        return "WORKFLOW_SUCCESS", {"output": loads(output_json)}
+    if status == "terminated":  # after terminate(rollback=True) ran the handlers
+        return "WORKFLOW_TERMINATED", {"rollback": True}
+    return "WORKFLOW_FAILURE", {"error": error}
 
 
 def step_from_row(row: tuple[Any, ...]) -> StepRecord:

@@ -32,6 +32,7 @@ from ..records import (
     RUNNING,
     TERMINAL,
     TERMINATED,
+    TERMINATED_ERROR,
     WAITING,
     WAITING_FOR_PAUSE,
     DeadLetter,
@@ -336,14 +337,30 @@ class SQLStore(Store):
 
         return await self._control(op)
 
-    async def terminate(self, pk: int, now: float) -> str:
+    async def terminate(self, pk: int, now: float, *, rollback: bool = False) -> str:
         async def op(tx: Tx) -> str:
             (status,) = await lock_instance(tx, pk, "status")
             if status in TERMINAL:
                 raise InvalidStateError(f"cannot terminate an instance that is already {status}")
+            finished = await tx.one(
+                "SELECT 1 FROM {s}.steps WHERE instance_pk = %s AND kind = 'do' AND status IN ('complete', 'failed')"
+                " LIMIT 1",
+                (pk,),
+            )
+            if rollback and finished is not None:
+                # Its handlers live in the workflow's code: the next worker that claims it (now:
+                # it is due at once, and the epoch fences the current run) replays the run to
+                # collect them, runs them newest first, and then ends it terminated.
+                await tx.run(
+                    "UPDATE {s}.instances SET status = %s, wake_at = %s, epoch = epoch + 1, owner = NULL,"
+                    " lease_until = NULL, wait_types = NULL, paused_at = NULL, terminating = %s WHERE pk = %s",
+                    (WAITING, now, dumps(TERMINATED_ERROR), pk),
+                )
+                await tx.notify()
+                return WAITING
             await tx.run(
                 "UPDATE {s}.instances SET status = %s, ended_at = %s, epoch = epoch + 1, owner = NULL,"
-                " lease_until = NULL, wake_at = NULL, wait_types = NULL WHERE pk = %s",
+                " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL WHERE pk = %s",
                 (TERMINATED, now, pk),
             )
             await add_history(tx, pk, "WORKFLOW_TERMINATED", now)
@@ -376,7 +393,8 @@ class SQLStore(Store):
             await tx.run(
                 "UPDATE {s}.instances SET status = %s, epoch = epoch + 1, owner = NULL, lease_until = NULL,"
                 " output = NULL, error = NULL, ended_at = NULL, wake_at = NULL, wait_types = NULL,"
-                " paused_at = NULL, wake_requested = FALSE, started_at = CAST(%s AS DOUBLE PRECISION) WHERE pk = %s",
+                " paused_at = NULL, wake_requested = FALSE, terminating = NULL,"
+                " started_at = CAST(%s AS DOUBLE PRECISION) WHERE pk = %s",
                 (QUEUED, started, pk),
             )
             trigger = {"trigger": "restart", "from_step": list(from_step or []) or None}

@@ -47,8 +47,8 @@ from .rows import (
     WORKFLOW_COLUMNS,
     WORKFLOW_UPSERT,
     dumps,
+    finish_history,
     instance_from_row,
-    loads,
     step_row,
     workflow_rows,
 )
@@ -505,13 +505,11 @@ class SQLiteStore(SQLStore):
             _fence(conn, pk, epoch)
             conn.execute(
                 "UPDATE instances SET status = ?, output = ?, error = ?, ended_at = ?, owner = NULL,"
-                " lease_until = NULL, wake_at = NULL, wait_types = NULL WHERE pk = ?",
+                " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL WHERE pk = ?",
                 (status, output_json, dumps(error), now, pk),
             )
-            if status == COMPLETE:
-                _history(conn, pk, "WORKFLOW_SUCCESS", now, {"output": loads(output_json)})
-            else:
-                _history(conn, pk, "WORKFLOW_FAILURE", now, {"error": error})
+            kind, data = finish_history(status, output_json, error)
+            _history(conn, pk, kind, now, data)
 
         await self._write(op)
 

@@ -255,7 +255,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS success_retention DOUBLE PRECISION",
             "ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS error_retention DOUBLE PRECISION",
             "ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS expires_at DOUBLE PRECISION",
-            "CREATE INDEX IF NOT EXISTS ix_instances_expires ON {s}.instances (expires_at) WHERE expires_at IS NOT NULL",
+            "CREATE INDEX IF NOT EXISTS ix_instances_expires ON {s}.instances (expires_at)"
+            " WHERE expires_at IS NOT NULL",
             "CREATE TABLE IF NOT EXISTS {s}.perdure_subscriptions (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
         ),
     ),
