@@ -75,5 +75,7 @@ async def test_a_layout_4_file_keeps_counting_past_every_id_it_handed_out(tmp_pa
     await engine.stop()
     assert ids == ["images-1", "images-2", "images-3", "images-4"]
     conn = sqlite3.connect(tmp_path / "old.db")
-    assert conn.execute("SELECT value FROM perdure_meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    assert conn.execute("SELECT value FROM perdure_meta WHERE key = 'schema_version'").fetchone() == (
+        str(SCHEMA_VERSION),
+    )
     conn.close()
