@@ -91,6 +91,8 @@ class Step:
         # Replay only (terminate with rollback): stored steps come back, and the first step
         # that did not finish ends the run (Stop("replayed")) instead of running.
         self._replay_only = replay_only
+        self._waits = 0  # short waits in memory now (sleeps, retry delays)
+        self._marked = False  # the instance reads ``waiting`` for them
         self._pk = pk
         self._epoch = epoch
         self._clock = clock
@@ -329,6 +331,8 @@ class Step:
                 record.wake_at = None
             number = len(record.attempts) + 1
             ctx = {"step": {"name": record.name, "count": record.count}, "attempt": number, "config": shown}
+            if self._marked:  # a concurrent branch waits in memory: the instance runs again
+                await self._mark_waiting(None)
             record.status = "running"
             record.attempts.append({"start": self._clock.now(), "end": None, "error": None})
             await self._save(record, durable=False)
@@ -448,7 +452,30 @@ class Step:
             return
         if remaining > self._fast_wait:
             self._suspend(deadline)
-        await self._clock.sleep(remaining)
+        # A short wait is kept in memory, but the instance reads ``waiting`` meanwhile (unless a
+        # concurrent step is running): pause() and terminate() then act at once.
+        self._waits += 1
+        try:
+            if self._waits == 1 and self._active == 0:
+                await self._mark_waiting(deadline)
+            await self._clock.sleep(remaining)
+        finally:
+            self._waits -= 1
+        if self._waits == 0 and self._marked:
+            await self._mark_waiting(None)
+
+    async def _mark_waiting(self, wake_at: float | None) -> None:
+        try:
+            status = await self._store.mark_waiting(self._pk, self._epoch, wake_at)
+        except Fenced:
+            self.stopping = Stop("fenced")
+            raise self.stopping from None
+        except Exception as exc:
+            self.stopping = Stop("lost")
+            raise self.stopping from exc
+        self._marked = wake_at is not None and status == "waiting"
+        if status == WAITING_FOR_PAUSE:
+            self.pause_requested = True
 
     # -- events --------------------------------------------------------------------------------
     async def wait_for_event(self, name: str, event_type: str, /, timeout: Duration = "24 hours") -> dict[str, Any]:

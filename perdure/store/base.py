@@ -183,6 +183,10 @@ class Store(abc.ABC):
     async def resume(self, pk: int, now: float) -> str: ...
 
     @abc.abstractmethod
+    async def mark_waiting(self, pk: int, epoch: int, wake_at: float | None) -> str:
+        """Show a run's in-memory wait (``wake_at``) as ``waiting``, or end it (``None``)."""
+
+    @abc.abstractmethod
     async def terminate(self, pk: int, now: float, *, rollback: bool = False) -> str:
         """End the instance ``terminated`` (epoch + 1); with ``rollback`` and finished steps, make
         it due now with ``terminating`` set instead, so a worker runs its rollback handlers first."""

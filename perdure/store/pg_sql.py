@@ -108,6 +108,7 @@ CLAIM = f"""
     WITH due AS (
         SELECT pk, wake_at FROM {{s}}.instances
         WHERE status = 'waiting' AND wake_at <= %(now)s AND workflow = ANY(%(workflows)s::text[])
+          AND (lease_until IS NULL OR lease_until < %(lease_now)s)  -- not one waited on in memory
         ORDER BY wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
     queued AS (
         SELECT pk FROM {{s}}.instances

@@ -25,7 +25,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
-from ..errors import InstanceNotFoundError, InvalidStateError, ValidationError
+from ..errors import Fenced, InstanceNotFoundError, InvalidStateError, ValidationError
 from ..records import (
     PAUSED,
     QUEUED,
@@ -299,8 +299,14 @@ class SQLStore(Store):
                 await tx.run("UPDATE {s}.instances SET status = %s WHERE pk = %s", (status, pk))
                 await tx.notify()
             elif status in (QUEUED, WAITING):
+                # A waiting instance may be one a worker waits on in memory (a short sleep or
+                # retry delay): the new epoch ends that run now, as if it had been suspended.
                 status = PAUSED
-                await tx.run("UPDATE {s}.instances SET status = %s, paused_at = %s WHERE pk = %s", (status, now, pk))
+                await tx.run(
+                    "UPDATE {s}.instances SET status = %s, paused_at = %s, owner = NULL, lease_until = NULL,"
+                    " epoch = CASE WHEN owner IS NULL THEN epoch ELSE epoch + 1 END WHERE pk = %s",
+                    (status, now, pk),
+                )
                 await tx.notify()
             return str(status)
 
@@ -334,6 +340,34 @@ class SQLStore(Store):
                 )
                 await tx.notify()
             return str(status)
+
+        return await self._control(op)
+
+    async def mark_waiting(self, pk: int, epoch: int, wake_at: float | None) -> str:
+        """A run waits in memory until ``wake_at`` (a short sleep or retry delay): show the
+        instance ``waiting`` while its worker keeps it (owner and lease stay, so no other worker
+        claims it); ``None`` when the wait is over: ``running`` again. Returns the status it has
+        now; raises :class:`~perdure.errors.Fenced` if the epoch moved on (paused, terminated)."""
+
+        async def op(tx: Tx) -> str:
+            # One conditional UPDATE each way: a pause or terminate committed in between wins.
+            if wake_at is not None:
+                row = await tx.one(
+                    "UPDATE {s}.instances SET status = %s, wake_at = %s WHERE pk = %s AND epoch = %s AND status = %s"
+                    " RETURNING status",
+                    (WAITING, wake_at, pk, epoch, RUNNING),
+                )
+            else:
+                row = await tx.one(
+                    "UPDATE {s}.instances SET status = %s, wake_at = NULL WHERE pk = %s AND epoch = %s AND status = %s"
+                    " RETURNING status",
+                    (RUNNING, pk, epoch, WAITING),
+                )
+            if row is None:
+                row = await tx.one("SELECT status FROM {s}.instances WHERE pk = %s AND epoch = %s", (pk, epoch))
+            if row is None:
+                raise Fenced(f"instance {pk} moved past epoch {epoch}")
+            return str(row[0])
 
         return await self._control(op)
 

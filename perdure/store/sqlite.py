@@ -351,9 +351,10 @@ class SQLiteStore(SQLStore):
             pks = [
                 r[0]
                 for r in conn.execute(
+                    # a waiting instance may still be held by the worker waiting on it in memory
                     f"SELECT pk FROM instances WHERE status = ? AND wake_at <= ? AND workflow IN ({names})"
-                    " ORDER BY wake_at LIMIT ?",
-                    (WAITING, now, *workflows, limit),
+                    " AND (lease_until IS NULL OR lease_until < ?) ORDER BY wake_at LIMIT ?",
+                    (WAITING, now, *workflows, expired_before, limit),
                 )
             ]
             if len(pks) < limit:
