@@ -19,7 +19,7 @@ import inspect
 import json
 import math
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NoReturn, overload
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol, overload
 
 from . import validators
 from .clock import Clock, run_with_timeout
@@ -35,7 +35,7 @@ from .errors import (
 )
 from .event import to_datetime
 from .leases import AlwaysFresh, LeaseGate, LeaseLost
-from .records import COMPLETE, DO, ROLLBACK, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
+from .records import COMPLETE, DO, PATCH, ROLLBACK, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
 from .retries import (
     DEFAULT_CONFIG,
     DYNAMIC_DELAY,
@@ -52,6 +52,16 @@ from .tracing import span
 
 if TYPE_CHECKING:
     from .store.base import Store
+
+
+class ReplayObserver(Protocol):
+    """What a replay checker (:mod:`perdure.replay`) hears from the step it replays with."""
+
+    def missing(self, step: Step, kind: str, name: str, count: int) -> None:
+        """The code asks for a step the history does not have."""
+
+    def sleep(self, step: Step, record: StepRecord, config: Mapping[str, Any]) -> None:
+        """The code reaches a stored sleep, asking for ``config``."""
 
 _LOST_ATTEMPT = {"name": "WorkerLost", "message": "the process running this attempt stopped before it finished"}
 
@@ -85,12 +95,17 @@ class Step:
         fast_wait: float,
         lease: LeaseGate | None = None,
         replay_only: bool = False,
+        observer: ReplayObserver | None = None,
     ) -> None:
         self._store = store
         self._lease = lease if lease is not None else AlwaysFresh()
         # Replay only (terminate with rollback): stored steps come back, and the first step
         # that did not finish ends the run (Stop("replayed")) instead of running.
-        self._replay_only = replay_only
+        self._replay_only = replay_only or observer is not None
+        self._observer = observer  # the replay checker (perdure.replay), if one is looking
+        # the history this run started from, in stored order
+        self._stored: tuple[tuple[str, str, int], ...] = tuple(s.key for s in steps)
+        self._visited: set[tuple[str, str, int]] = set()  # the steps this run asked for
         self._waits = 0  # short waits in memory now (sleeps, retry delays)
         self._marked = False  # the instance reads ``waiting`` for them
         self._pk = pk
@@ -247,6 +262,8 @@ class Step:
             self._register_rollback(record, options, None)
             raise rebuild_error(record.error)
         if self._replay_only:
+            if self._observer is not None:
+                self._observer.missing(self, DO, name, count)
             raise Stop("replayed")
         if record is None:
             resolved = resolve_config(name, config)  # raises ValueError before any attempt
@@ -431,9 +448,13 @@ class Step:
         self._check_continue()
         count = self._next_count(SLEEP, name)
         record = self._memo.get((SLEEP, name, count))
+        if self._observer is not None and record is not None:
+            self._observer.sleep(self, record, config)
         if record is not None and record.status == COMPLETE:
             return
         if self._replay_only:
+            if self._observer is not None and record is None:
+                self._observer.missing(self, SLEEP, name, count)
             raise Stop("replayed")
         now = self._clock.now()
         if record is None:
@@ -495,6 +516,8 @@ class Step:
         if record is not None and record.status == "failed":
             raise EventTimeoutError(record.error["message"] if record.error else "timed out")
         if self._replay_only:
+            if self._observer is not None and record is None:
+                self._observer.missing(self, WAIT, name, count)
             raise Stop("replayed")
         now = self._clock.now()
         if record is None:
@@ -532,7 +555,41 @@ class Step:
     def _next_count(self, kind: str, name: str) -> int:
         count = self._counts.get((kind, name), 0) + 1
         self._counts[(kind, name)] = count
+        self._visited.add((kind, name, count))
         return count
+
+    def unvisited(self) -> list[tuple[str, str, int]]:
+        """Stored steps (not rollbacks) this run has not asked for yet, in the order stored."""
+        return [k for k in self._stored if k not in self._visited and k[0] != ROLLBACK]
+
+    # -- in-code versioning ----------------------------------------------------------------------
+    async def patched(self, patch_id: str) -> bool:
+        """Whether this instance takes the new code path marked ``patch_id``.
+
+        True for an instance that reaches this point for the first time under code that has the
+        patch, False for one whose recorded history went past this point without it (it started
+        under the old code and must keep its old branch to replay). The answer is stored, so an
+        instance answers the same on every replay. Like Temporal's ``workflow.patched()``."""
+        validators.step_name(patch_id)
+        count = self._next_count(PATCH, patch_id)
+        record = self._memo.get((PATCH, patch_id, count))
+        if record is not None:
+            return bool(record.result)
+        value = not self.unvisited()  # the history has steps beyond this point: old code made it
+        if self._replay_only:  # a replay that records nothing
+            return value
+        now = self._clock.now()
+        record = StepRecord(PATCH, patch_id, count, COMPLETE, now, result=value, ended_at=now)
+        record.result_json = json.dumps(value)
+        self._memo[record.key] = record
+        await self._save(record, durable=False)
+        return value
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """The patch ``patch_id`` is the only code now (no instance from before it is left):
+        call it where ``patched()`` was, so histories that recorded the patch still replay."""
+        validators.step_name(patch_id)
+        self._next_count(PATCH, patch_id)
 
     def _check_continue(self) -> None:
         if self.stopping is not None:

@@ -50,12 +50,13 @@ STATUSES: Final[tuple[InstanceStatus, ...]] = (
 TERMINAL: Final[frozenset[InstanceStatus]] = frozenset({COMPLETE, ERRORED, TERMINATED})
 
 # -- steps -------------------------------------------------------------------------------------------
-StepKind = Literal["do", "sleep", "waitForEvent", "rollback"]
+StepKind = Literal["do", "sleep", "waitForEvent", "rollback", "patch"]
 DO: Final = "do"
 SLEEP: Final = "sleep"
 WAIT: Final = "waitForEvent"
 ROLLBACK: Final = "rollback"  # the rollback (saga) handler of the ``do`` step of the same name and count
-STEP_KINDS: Final[tuple[StepKind, ...]] = (DO, SLEEP, WAIT, ROLLBACK)
+PATCH: Final = "patch"  # the memoised answer of ``step.patched(id)`` (in-code versioning)
+STEP_KINDS: Final[tuple[StepKind, ...]] = (DO, SLEEP, WAIT, ROLLBACK, PATCH)
 
 # running: an attempt is under way; retrying: an attempt failed and the next waits for its
 # delay (``wake_at``); waiting: a sleep or an event wait not over yet; complete / failed: final.

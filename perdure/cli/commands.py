@@ -40,6 +40,7 @@ from .render import (
     render_workflow,
     render_workflows,
 )
+from .replaying import replay
 from .serving import dev, serve, worker
 
 T = TypeVar("T")
@@ -393,3 +394,4 @@ def queues_redrive(ctx: click.Context, name: str) -> None:
 main.add_command(serve)
 main.add_command(dev)
 main.add_command(worker)
+main.add_command(replay)
