@@ -51,14 +51,19 @@ class LeaseGate:
 
     async def ensure(self) -> None:
         """Return once the lease is fresh; raise :class:`LeaseLost` if it is no longer ours."""
-        if self.fresh():
-            return
-        try:
-            renewed = await self._refresh()
-        except Exception as exc:
-            raise LeaseLost(f"could not renew the lease on instance {self.pk}: {exc}", store_failed=True) from exc
-        if self.pk not in renewed or not self.fresh():
-            raise LeaseLost(f"the lease on instance {self.pk} was not renewed within {self.max_age:.1f}s")
+        for _ in range(3):  # a slow renewal (a loaded database) may come back already stale
+            if self.fresh():
+                return
+            try:
+                renewed = await self._refresh()
+            except Exception as exc:
+                raise LeaseLost(f"could not renew the lease on instance {self.pk}: {exc}", store_failed=True) from exc
+            if self.pk not in renewed:
+                raise LeaseLost(f"instance {self.pk} is no longer this worker's")
+        if not self.fresh():
+            raise LeaseLost(
+                f"the lease on instance {self.pk} could not be renewed within {self.max_age:.1f}s", store_failed=True
+            )
 
     def call_if_fresh(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> tuple[bool, Any]:
         """Run in a pool thread: call ``fn`` only if the lease is fresh now.
