@@ -209,7 +209,7 @@ async def main() -> None:
         start_seconds = time.perf_counter() - started
         try:
             async with httpx.AsyncClient(
-                transport=httpx.ASGITransport(app=app.asgi), base_url="http://bench", timeout=60
+                transport=httpx.ASGITransport(app=app.asgi), base_url="http://127.0.0.1", timeout=60
             ) as http:
                 publish = await bench_publish(app, http, texts[: args.publish])
                 burst = await bench_burst(app, http, texts[args.publish : args.publish + args.burst])

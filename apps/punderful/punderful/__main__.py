@@ -2,10 +2,14 @@
 
     python -m punderful [--host 127.0.0.1] [--port 8787] [--db URL] [--data-dir DIR]
                         [--moderation auto|local|openai|off] [--no-workers]
+                        [--perdure-token TOKEN | --no-perdure] [--allowed-host NAME ...]
     python -m punderful import [--limit N] [--wait] [--db URL] [--data-dir DIR]
 
-``serve`` runs the web app, the engine's workers and (when the installed Perdure has it) the
-Perdure dashboard in one process, and prints the URL. ``--port 0`` picks a free port.
+``serve`` runs the web app, the engine's workers and Perdure's REST API and dashboard (at
+``/perdure``) in one process, and prints the URL. ``--port 0`` picks a free port. As with
+``perdure serve``, any ``--host`` but a loopback address needs ``--perdure-token`` (or
+``PERDURE_TOKEN``) for that mount, or ``--no-perdure``; only the bound address, the loopback
+names and ``--allowed-host`` names are answered.
 """
 
 from __future__ import annotations
@@ -47,6 +51,27 @@ def _serve_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         action="store_true",
         help="serve only; let other processes run the workflows",
     )
+    parser.add_argument(
+        "--perdure-token",
+        default=default(None),
+        metavar="TOKEN",
+        help="bearer token Perdure's API and dashboard at /perdure require (env PERDURE_TOKEN); "
+        "needed when --host is not a loopback address",
+    )
+    parser.add_argument(
+        "--no-perdure",
+        default=default(False),
+        action="store_true",
+        help="do not mount Perdure's API and dashboard at /perdure",
+    )
+    parser.add_argument(
+        "--allowed-host",
+        default=default(None),
+        action="append",
+        metavar="NAME",
+        help="also answer requests for this Host name (repeatable; env PUNDERFUL_ALLOWED_HOSTS, comma-separated); "
+        "the bound address and 127.0.0.1, localhost, ::1 always are",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,13 +98,21 @@ def _config(args: argparse.Namespace) -> Config:
         host=getattr(args, "host", None),
         port=getattr(args, "port", None),
         workers=False if getattr(args, "no_workers", False) else None,
+        perdure_token=getattr(args, "perdure_token", None),
+        mount_perdure=False if getattr(args, "no_perdure", False) else None,
+        allowed_hosts=getattr(args, "allowed_host", None),
     )
+
+
+class ListenError(Exception):
+    """The address to serve on cannot be bound: one line for the user, not a traceback."""
 
 
 async def serve(config: Config) -> None:
     """Run until SIGINT/SIGTERM: the workers stop after the web server, and running instances
     resume from their last finished step on the next start."""
     import uvicorn
+    from perdure.cli.serving import cli_url, is_loopback
 
     from punderful.app import Punderful
 
@@ -87,8 +120,12 @@ async def serve(config: Config) -> None:
     family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((config.host, config.port))
-    sock.listen(128)
+    try:
+        sock.bind((config.host.strip("[]"), config.port))
+        sock.listen(128)
+    except OSError as exc:  # in use, not an address of this machine, a name that does not resolve...
+        sock.close()
+        raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     app = Punderful(config)
     server = uvicorn.Server(uvicorn.Config(app.asgi, lifespan="off", log_level="warning", access_log=False))
     async with app:
@@ -101,9 +138,15 @@ async def serve(config: Config) -> None:
             shown = f"[{host}]" if family == socket.AF_INET6 else host
             print(f"Punderful is running at http://{shown}:{port}/", flush=True)
             if app.perdure_mount:
-                print(f"Workflows dashboard: http://{shown}:{port}{app.perdure_mount}/dashboard/", flush=True)
+                login = " (asks for the token)" if config.perdure_token else ""
+                print(f"Workflows dashboard: http://{shown}:{port}{app.perdure_mount}/dashboard/{login}", flush=True)
+                token = " --token $PERDURE_TOKEN" if config.perdure_token else ""
+                url = cli_url(config.host, port, app.perdure_mount)
+                print(f"Workflows CLI: perdure --url {url}{token} instances list publish", flush=True)
+            if not is_loopback(config.host):
                 print(
-                    f"Workflows CLI: perdure --url http://{shown}:{port}{app.perdure_mount} instances list publish",
+                    f"Answers requests for Host {', '.join(config.served_hosts)} "
+                    "(add names with --allowed-host or PUNDERFUL_ALLOWED_HOSTS)",
                     flush=True,
                 )
             print(f"Data: {config.engine_url}", flush=True)
@@ -147,6 +190,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(serve(config))
     except KeyboardInterrupt:
         pass
+    except ListenError as exc:
+        print(f"punderful: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

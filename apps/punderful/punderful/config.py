@@ -22,20 +22,29 @@ Environment variables
 ``PUNDERFUL_EMBEDDINGS_API_KEY``     its key (falls back to ``OPENAI_API_KEY``)
 ``PUNDERFUL_SEARCH_THRESHOLD``       minimum cosine similarity of a search hit (0.25)
 ``PUNDERFUL_SIMILAR_THRESHOLD``      minimum cosine similarity of a "similar pun" (0.35)
-``PUNDERFUL_DASHBOARD_TOKEN``        bearer token the Perdure dashboard/API at ``/perdure`` asks for
-                                     (unset: open, fine on 127.0.0.1; set it before exposing the app)
+``PERDURE_TOKEN``                    bearer token the Perdure dashboard and API at ``/perdure`` ask
+                                     for (``perdure serve``'s variable; ``--perdure-token``). Unset:
+                                     no token, allowed only on a loopback address; any other
+                                     ``--host`` needs it, or ``--no-perdure``. At least 8 characters.
+``PUNDERFUL_DASHBOARD_TOKEN``        the older name of ``PERDURE_TOKEN`` (still read)
+``PUNDERFUL_ALLOWED_HOSTS``          more ``Host`` names to answer, comma-separated (``--allowed-host``);
+                                     the bound address and 127.0.0.1, localhost, ::1 always are
 ``PUNDERFUL_STEP_DELAY``             seconds every publish step sleeps after its work (0); a test
                                      hook that widens the window in which a crash lands mid-step
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from perdure.cli.serving import LOOPBACK_NAMES, is_loopback
 
 from punderful.ai.categorizer import DEFAULT_CATEGORIES
 
@@ -54,8 +63,34 @@ DEFAULT_SEARCH_THRESHOLD: Final = 0.25
 DEFAULT_SIMILAR_THRESHOLD: Final = 0.35
 
 
+#: A host name or an IPv4 address: what a ``Host`` header names (IPv6 is checked by ipaddress).
+_HOST_RE: Final = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
 class ConfigError(ValueError):
     """A setting has a value the app cannot use."""
+
+
+def _token(env: Mapping[str, str]) -> str | None:
+    token = env.get("PERDURE_TOKEN") or None
+    older = env.get("PUNDERFUL_DASHBOARD_TOKEN") or None
+    if token is not None and older is not None and token != older:
+        raise ConfigError("PERDURE_TOKEN and PUNDERFUL_DASHBOARD_TOKEN are both set, to different tokens: keep one")
+    return token or older
+
+
+def _is_host_name(name: str) -> bool:
+    if ":" in name:
+        try:
+            ipaddress.IPv6Address(name.strip("[]"))
+        except ValueError:
+            return False
+        return True
+    return _HOST_RE.fullmatch(name) is not None
+
+
+def _split_hosts(raw: str) -> tuple[str, ...]:
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 def _float(env: Mapping[str, str], key: str, default: float) -> float:
@@ -96,8 +131,12 @@ class Config:
     trending_size: int = 3
     #: Run the engine's workers in this process (the web app can also be a pure client).
     workers: bool = True
-    #: Token for the mounted Perdure dashboard and API (None: no token).
-    dashboard_token: str | None = None
+    #: Mount Perdure's REST API and dashboard at ``/perdure`` (``--no-perdure`` turns it off).
+    mount_perdure: bool = True
+    #: Bearer token the mounted Perdure API and dashboard require (None: none, loopback only).
+    perdure_token: str | None = None
+    #: ``Host`` names answered besides the bound address and the loopback names.
+    allowed_hosts: tuple[str, ...] = ()
     #: Schema for app tables and vectors on PostgreSQL.
     pg_schema: str = "punderful"
 
@@ -124,11 +163,13 @@ class Config:
             "search_threshold": _float(env, "PUNDERFUL_SEARCH_THRESHOLD", DEFAULT_SEARCH_THRESHOLD),
             "similar_threshold": _float(env, "PUNDERFUL_SIMILAR_THRESHOLD", DEFAULT_SIMILAR_THRESHOLD),
             "step_delay": _float(env, "PUNDERFUL_STEP_DELAY", 0.0),
-            "dashboard_token": env.get("PUNDERFUL_DASHBOARD_TOKEN") or None,
+            "perdure_token": _token(env),
+            "allowed_hosts": _split_hosts(env.get("PUNDERFUL_ALLOWED_HOSTS", "")),
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
         if isinstance(values["data_dir"], str):
             values["data_dir"] = Path(values["data_dir"])
+        values["allowed_hosts"] = tuple(values["allowed_hosts"])
         config = cls(**values)
         config.validate()
         return config
@@ -159,6 +200,25 @@ class Config:
             raise ConfigError(f"step_delay must be >= 0 seconds, got {self.step_delay}")
         if self.max_pun_length < 1 or self.max_query_length < 1:
             raise ConfigError("max_pun_length and max_query_length must be >= 1")
+        if self.perdure_token is not None and len(self.perdure_token) < 8:
+            raise ConfigError("the Perdure token (--perdure-token, PERDURE_TOKEN) must be at least 8 characters long")
+        for name in self.allowed_hosts:
+            if not _is_host_name(name):
+                raise ConfigError(f"allowed host {name!r} is not a host name or address (no scheme, no port)")
+        if self.mount_perdure and self.perdure_token is None and not is_loopback(self.host):
+            # perdure serve's rule: off loopback, anyone who can reach the API controls the workflows.
+            raise ConfigError(
+                f"refusing to serve Perdure's API and dashboard on {self.host} without a token: anyone who can "
+                "reach it could control your workflows. Pass --perdure-token (or set PERDURE_TOKEN), "
+                "or --no-perdure, or bind 127.0.0.1."
+            )
+
+    @property
+    def served_hosts(self) -> list[str]:
+        """The ``Host`` names answered (any other is refused, against DNS rebinding): the bound
+        address, the loopback names, and :attr:`allowed_hosts`, lower-case, without brackets."""
+        names = [self.host, *LOOPBACK_NAMES, *self.allowed_hosts]
+        return list(dict.fromkeys(name.strip("[]").lower() for name in names))
 
     # -- derived locations ----------------------------------------------------------------------
     @property

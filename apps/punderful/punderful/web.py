@@ -17,13 +17,14 @@ likes, and "Similar Puns". The JSON API mirrors the original's routes:
 =========================================  ====================================================
 
 Errors are JSON ``{"error": {"code", "message"}}`` with a 4xx status, never a stack trace.
+Writes from another site and ``Host`` names this server does not answer to are refused with
+403 ``forbidden_origin`` (see :func:`create_web_app`).
 Visitors are anonymous and identified by a ``userId`` cookie ``anon-<uuid>`` (as in the
 original), set on their first request.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import re
@@ -32,6 +33,8 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any, Final
 
+from perdure.server.api import MAX_BODY_BYTES, Guard, create_app
+from perdure.server.headers import SecurityHeaders
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -155,6 +158,8 @@ async def read_json(request: Request) -> Any:
             raise InputError("body_too_large", f"the request body is over {MAX_BODY} bytes", 413)
     try:
         return json.loads(body)
+    except RecursionError:  # nesting deeper than the parser's recursion limit
+        raise InputError("invalid_json", "the request body is nested too deeply to be read") from None
     except (ValueError, UnicodeDecodeError):
         raise InputError("invalid_json", "the request body is not valid JSON") from None
 
@@ -351,26 +356,25 @@ async def on_server_error(request: Request, exc: Exception) -> Response:
 
 # -- assembly -----------------------------------------------------------------------------------
 def _perdure_mount(app: Punderful) -> Mount | None:
-    """Mount Perdure's REST API and dashboard at ``/perdure`` when the installed Perdure has them.
-
-    Imported lazily (and by name, so the app also runs with an engine-only Perdure)."""
-    try:
-        module = importlib.import_module("perdure.server.api")
-        create_app = module.create_app
-    except (ImportError, AttributeError):
-        log.info("perdure.server.api is not available: the workflow dashboard is not mounted")
+    """Perdure's REST API and dashboard at ``/perdure`` (unless ``--no-perdure``), with the
+    rules of ``perdure serve``: its token when one is set (:class:`~punderful.config.Config`
+    requires one off loopback) and only this server's ``Host`` names."""
+    if not app.config.mount_perdure:
         return None
-    try:
-        sub_app = create_app(app.engine, token=app.config.dashboard_token)
-    except Exception:
-        log.exception("could not create the perdure dashboard; continuing without it")
-        return None
+    sub_app = create_app(app.engine, token=app.config.perdure_token, allowed_hosts=app.config.served_hosts)
     app.perdure_mount = "/perdure"
     return Mount("/perdure", app=sub_app)
 
 
 def create_web_app(app: Punderful) -> ASGIApp:
-    """The ASGI app: pages, API, static files, and Perdure's dashboard under ``/perdure``."""
+    """The ASGI app: pages, API, static files, and Perdure's dashboard under ``/perdure``.
+
+    All of it sits behind Perdure's :class:`~perdure.server.api.Guard` (no token: Punderful's
+    pages are public), so the rules are Perdure's: a ``Host`` this server does not answer to is
+    refused (DNS rebinding), and so is a write (POST...) from another origin or marked
+    ``Sec-Fetch-Site: cross-site`` (a page elsewhere cannot submit or like in a visitor's name).
+    Its body limit is Perdure's, for the mount; Punderful's own endpoints read at most
+    :data:`MAX_BODY`."""
     routes: list[BaseRoute] = [
         Route("/", page_home),
         Route("/new", page_new),
@@ -401,4 +405,8 @@ def create_web_app(app: Punderful) -> ASGIApp:
         },
     )
     web.state.punderful = app
-    return IdentityMiddleware(web)
+    # Perdure's security headers on every response (no framing: a like cannot be clickjacked;
+    # no inline script or style runs), outside the Guard so refusals carry them too.
+    return SecurityHeaders(
+        Guard(IdentityMiddleware(web), token=None, max_body_bytes=MAX_BODY_BYTES, allowed_hosts=app.config.served_hosts)
+    )

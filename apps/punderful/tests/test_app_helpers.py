@@ -13,7 +13,7 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -53,8 +53,9 @@ async def running(config: Config, **engine_options: Any) -> AsyncIterator[Punder
 
 
 def client_for(app: Punderful) -> httpx.AsyncClient:
-    """An HTTP client that talks to the ASGI app directly (cookies are kept per client)."""
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.asgi), base_url="http://testserver")
+    """An HTTP client that talks to the ASGI app directly (cookies are kept per client), as if
+    the app listened on 127.0.0.1:8787 (its ``Host`` must be one the app serves)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app.asgi), base_url="http://127.0.0.1:8787")
 
 
 # Fixtures are named through ``name=`` so that test modules can import them (as
@@ -135,16 +136,19 @@ async def eventually(check: Callable[[], Any], timeout: float = 30, interval: fl
 class ServerProcess:
     """``python -m punderful`` running in a subprocess on a free port."""
 
-    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, env: dict[str, str] | None = None, log: Path | None = None, args: Sequence[str] = ()
+    ) -> None:
         self.data_dir = data_dir
         self.log_path = log or data_dir.with_suffix(".log")
-        environment = {k: v for k, v in os.environ.items() if not k.startswith(("PUNDERFUL_", "OPENAI_"))}
+        environment = {k: v for k, v in os.environ.items() if not k.startswith(("PUNDERFUL_", "OPENAI_", "PERDURE_"))}
         environment.update(env or {})
         environment["PYTHONUNBUFFERED"] = "1"
         self._log = self.log_path.open("ab")
         self._offset = self.log_path.stat().st_size  # the log is appended to across restarts
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "punderful", "--port", "0", "--data-dir", str(data_dir), "--moderation", "local"],
+            [sys.executable, "-m", "punderful", "--port", "0", "--data-dir", str(data_dir), "--moderation", "local"]
+            + list(args),
             cwd=ROOT,
             env=environment,
             stdout=self._log,

@@ -282,7 +282,7 @@ async def instance_event(request: Request) -> Response:
     parts = ("workflows", name, "instances", instance_id)
     try:
         payload = json.loads(raw) if raw else None
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # bad JSON, or nested too deep to parse
         return _back(request, *parts, flash=f"the payload is not valid JSON: {exc}", level="error")
     try:
         await ops.send_event(name, instance_id, event_type, payload)
@@ -303,7 +303,7 @@ async def trigger(request: Request) -> Response:
         if raw:
             body["params"] = json.loads(raw)
         created = await ops.create(name, body, trigger="api")
-    except ValueError as exc:  # bad JSON or a ValidationError
+    except (ValueError, RecursionError) as exc:  # bad JSON (or nested too deep) or a ValidationError
         return _back(request, "workflows", name, flash=str(exc), level="error")
     except PerdureError as exc:
         return _back(request, "workflows", name, flash=str(exc), level="error")
