@@ -113,6 +113,7 @@ async def serve(config: Config) -> None:
     resume from their last finished step on the next start."""
     import uvicorn
     from perdure.cli.serving import cli_url, is_loopback
+    from perdure.server.http_server import server_config
 
     from punderful.app import Punderful
 
@@ -122,12 +123,16 @@ async def serve(config: Config) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((config.host.strip("[]"), config.port))
-        sock.listen(128)
+        sock.listen(128)  # the backlog server_config is given below
     except OSError as exc:  # in use, not an address of this machine, a name that does not resolve...
         sock.close()
         raise ListenError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from None
     app = Punderful(config)
-    server = uvicorn.Server(uvicorn.Config(app.asgi, lifespan="off", log_level="warning", access_log=False))
+    # Perdure's server settings: slow clients (unfinished headers, idle keep-alives) are closed
+    # and connections are bounded, as for `perdure serve`.
+    server = uvicorn.Server(
+        server_config(app.asgi, config.host, config.port, log_level="warning", access_log=False, backlog=128)
+    )
     async with app:
         task = asyncio.create_task(server.serve(sockets=[sock]))
         # uvicorn exposes start-up only as a flag, so it is polled (briefly, once).

@@ -424,3 +424,11 @@ async def test_deeply_nested_json_in_the_dashboards_forms_is_a_400(client: httpx
         headers={"Content-Type": "application/x-www-form-urlencoded", "Origin": HERE},
     )
     assert response.status_code < 500, response.text[:200]
+
+
+def test_a_db_that_is_not_a_url_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--db", str(tmp_path / "x.db"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.startswith("punderful: --db must be a database URL: sqlite:///path/to/file.db") and "Traceback" not in err
+    )
