@@ -198,7 +198,8 @@ class Config:
             raise ConfigError(f"port must be 0-65535, got {self.port}")
         if self.db_url and not self.db_url.startswith(("sqlite:///", "postgresql://", "postgres://")):
             raise ConfigError(
-                f"--db must be a database URL: sqlite:///path/to/file.db or postgresql://user@host/db, got {self.db_url!r}"
+                "--db must be a database URL: sqlite:///path/to/file.db or postgresql://user@host/db, "
+                f"got {self.db_url!r}"
             )
         if self.step_delay < 0:
             raise ConfigError(f"step_delay must be >= 0 seconds, got {self.step_delay}")
