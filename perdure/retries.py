@@ -14,6 +14,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .dag import parameters
 from .durations import parse_duration
 from .errors import NonRetryableDelayError, ValidationError
 
@@ -97,17 +98,12 @@ def _validate(step: str, config: dict[str, Any]) -> None:
 
 
 def _check_delay_function(step: str, delay: Callable[..., Any]) -> None:
-    try:
-        parameters = inspect.signature(delay).parameters.values()
-    except (TypeError, ValueError):
-        return  # no signature to check (a builtin): it is called with (ctx, error)
-    for p in parameters:
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty:
-            if p.name not in _DELAY_PARAMETERS:
-                raise ValidationError(
-                    f"step {step!r}: the 'retries.delay' function's parameter {p.name!r} is not one the "
-                    "engine passes; use 'ctx' and/or 'error'"
-                )
+    for name in parameters(delay):  # (a builtin without a signature is called with (ctx, error))
+        if name not in _DELAY_PARAMETERS:
+            raise ValidationError(
+                f"step {step!r}: the 'retries.delay' function's parameter {name!r} is not one the "
+                "engine passes; use 'ctx' and/or 'error'"
+            )
 
 
 def is_sensitive(config: Mapping[str, Any] | None) -> bool:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .dag import parameters
 from .errors import ValidationError
 from .retries import resolve_config
 
@@ -48,17 +49,12 @@ def check_handler(step: str, fn: Any, config: Mapping[str, Any] | None) -> dict[
     """Validate a rollback handler and its config; return the resolved config."""
     if not callable(fn):
         raise ValidationError(f"step {step!r}: rollback must be a function, got {type(fn).__name__}")
-    try:
-        parameters = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        parameters = []  # type: ignore[assignment]
-    for p in parameters:
-        if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is p.empty:
-            if p.name not in HANDLER_PARAMETERS:
-                raise ValidationError(
-                    f"step {step!r}: the rollback handler's parameter {p.name!r} is not one the engine "
-                    "passes; use 'ctx', 'error' and/or 'output'"
-                )
+    for name in parameters(fn):
+        if name not in HANDLER_PARAMETERS:
+            raise ValidationError(
+                f"step {step!r}: the rollback handler's parameter {name!r} is not one the engine "
+                "passes; use 'ctx', 'error' and/or 'output'"
+            )
     if config is not None and isinstance(config, Mapping) and set(config) - {"retries", "timeout"}:
         raise ValidationError(
             f"step {step!r}: unknown rollback_config key(s) {sorted(set(config) - {'retries', 'timeout'})}; "

@@ -121,18 +121,20 @@ def _event(ts: float | None, type_: str, phase: int, **fields: Any) -> tuple[flo
     return (ts if ts is not None else 0.0, phase, entry)
 
 
-def _rollback_events(step: StepRecord, ref: dict[str, Any]) -> list[tuple[float, int, dict[str, Any]]]:
-    events = [_event(step.started_at, "ROLLBACK_STEP_START", 2, step=ref)]
+def _attempt_events(step: StepRecord, ref: dict[str, Any], prefix: str) -> list[tuple[float, int, dict[str, Any]]]:
+    """A ``do`` step's events (``prefix`` ""), or a rollback handler's (``prefix`` "ROLLBACK_"):
+    its start, each attempt's start and end, and its success or failure."""
+    events = [_event(step.started_at, f"{prefix}STEP_START", 2, step=ref)]
     for number, attempt in enumerate(step.attempts, start=1):
-        events.append(_event(attempt.get("start"), "ROLLBACK_ATTEMPT_START", 2, step=ref, attempt=number))
+        events.append(_event(attempt.get("start"), f"{prefix}ATTEMPT_START", 2, step=ref, attempt=number))
         if attempt.get("end") is not None:
             error = public_error(attempt.get("error"))
-            kind = "ROLLBACK_ATTEMPT_FAILURE" if error else "ROLLBACK_ATTEMPT_SUCCESS"
+            kind = f"{prefix}ATTEMPT_FAILURE" if error else f"{prefix}ATTEMPT_SUCCESS"
             events.append(_event(attempt["end"], kind, 2, step=ref, attempt=number, error=error))
     if step.status == "complete":
-        events.append(_event(step.ended_at, "ROLLBACK_STEP_SUCCESS", 2, step=ref))
+        events.append(_event(step.ended_at, f"{prefix}STEP_SUCCESS", 2, step=ref))
     elif step.status == "failed":
-        events.append(_event(step.ended_at, "ROLLBACK_STEP_FAILURE", 2, step=ref, error=public_error(step.error)))
+        events.append(_event(step.ended_at, f"{prefix}STEP_FAILURE", 2, step=ref, error=public_error(step.error)))
     return events
 
 
@@ -167,19 +169,9 @@ def event_history(
     for step in steps:
         ref = {"name": step.name, "count": step.count, "type": STEP_TYPES.get(step.kind, step.kind)}
         if step.kind == DO:
-            events.append(_event(step.started_at, "STEP_START", 2, step=ref))
-            for number, attempt in enumerate(step.attempts, start=1):
-                events.append(_event(attempt.get("start"), "ATTEMPT_START", 2, step=ref, attempt=number))
-                if attempt.get("end") is not None:
-                    error = public_error(attempt.get("error"))
-                    kind = "ATTEMPT_FAILURE" if error else "ATTEMPT_SUCCESS"
-                    events.append(_event(attempt["end"], kind, 2, step=ref, attempt=number, error=error))
-            if step.status == "complete":
-                events.append(_event(step.ended_at, "STEP_SUCCESS", 2, step=ref))
-            elif step.status == "failed":
-                events.append(_event(step.ended_at, "STEP_FAILURE", 2, step=ref, error=public_error(step.error)))
+            events.extend(_attempt_events(step, ref, ""))
         elif step.kind == ROLLBACK:
-            events.extend(_rollback_events(step, ref))
+            events.extend(_attempt_events(step, ref, "ROLLBACK_"))
         elif step.kind == SLEEP:
             events.append(_event(step.started_at, "SLEEP_START", 2, step=ref))
             if step.status == "complete":

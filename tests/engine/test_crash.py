@@ -6,13 +6,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from tests.engine import util
 from tests.engine.crash_worker import STEPS, make_engine
 from tests.engine.util import until_status
 
@@ -21,15 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_worker(url: str, effects: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.engine.crash_worker", url, str(effects)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    return util.start_worker("tests.engine.crash_worker", url, str(effects))
 
 
 async def test_sigkill_during_50_instances_of_20_steps(db_url: str, tmp_path: Path) -> None:

@@ -7,12 +7,12 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.engine import util
 from tests.engine.stall_worker import LEASE_TTL, STEPS, make_engine
 
 pytestmark = pytest.mark.slow
@@ -20,15 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def start_worker(url: str, effects: Path) -> subprocess.Popen[str]:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.engine.stall_worker", url, str(effects)],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    assert proc.stdout.readline().strip() == "ready"
-    return proc
+    return util.start_worker("tests.engine.stall_worker", url, str(effects))
 
 
 def read_effects(effects: Path) -> list[tuple[int, str, int, float]]:

@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
+from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_worker(module: str, *args: str) -> subprocess.Popen[str]:
+    """Start ``python -m module args...`` (a test worker process) and wait for its "ready" line."""
+    proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
 
 
 async def until_status(instance: Any, wanted: str, timeout: float = 5) -> None:
