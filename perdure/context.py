@@ -63,6 +63,7 @@ class ReplayObserver(Protocol):
     def sleep(self, step: Step, record: StepRecord, config: Mapping[str, Any]) -> None:
         """The code reaches a stored sleep, asking for ``config``."""
 
+
 _LOST_ATTEMPT = {"name": "WorkerLost", "message": "the process running this attempt stopped before it finished"}
 
 
