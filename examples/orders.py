@@ -9,10 +9,11 @@ Stop it with Ctrl-C and start it again: every order carries on from its last fin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 from typing import Any
 
-from perdure import Engine, WorkflowEntrypoint
+from perdure import Engine, InvalidStateError, WorkflowEntrypoint
 
 
 class Order(WorkflowEntrypoint):
@@ -46,9 +47,10 @@ async def main() -> None:
             print(f"created {instance.id}")
             page = await engine.store.list_instances("orders", limit=8)
             for record in page.items:
-                if record.status == "waiting":
+                if record.status == "waiting":  # asleep, in a retry delay, or waiting to ship
                     handle = await orders.get(record.id)
-                    await handle.send_event("shipped", {"tracking": f"TRK{record.pk:05d}"})
+                    with contextlib.suppress(InvalidStateError):  # it finished since the listing
+                        await handle.send_event("shipped", {"tracking": f"TRK{record.pk:05d}"})
                 print(f"  {record.id[:8]}  {record.status:16} {record.output or record.error or ''}")
             await asyncio.sleep(1)
 
