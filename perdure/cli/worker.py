@@ -1,11 +1,13 @@
 """Run a worker process: ``python -m perdure.cli.worker myapp.workflows:engine`` (``perdure worker``).
 
 A worker imports the application (the ``module:attribute`` that holds its :class:`~perdure.Engine`
-with the workflows registered), starts the engine, and runs instances until it receives SIGTERM
-or SIGINT. Then it stops gracefully: in-flight runs are cancelled and their instances handed
-back, so another worker (or this one, restarted) resumes them from their last recorded step. A
-second signal while stopping exits at once; nothing is lost either way, since a worker that
-dies without handing back is taken over when its leases expire.
+with the workflows registered, or a Cloudflare Python Worker project: a directory with a wrangler
+file, or that file, on ``--db``; see :mod:`perdure.cloudflare`), starts the engine, and runs
+instances until it receives SIGTERM or SIGINT. Then it stops gracefully: in-flight runs are
+cancelled and their instances handed back, so another worker (or this one, restarted) resumes
+them from their last recorded step. A second signal while stopping exits at once; nothing is
+lost either way, since a worker that dies without handing back is taken over when its leases
+expire.
 
 Any number of workers may share one PostgreSQL database. If the database cannot be reached at
 start, the worker keeps trying with backoff instead of exiting, so workers and database may be
@@ -30,10 +32,23 @@ log = logging.getLogger("perdure.worker")
 _START_BACKOFF_MAX = 10.0
 
 
-def load_app(app_spec: str) -> Engine:
-    """The engine that ``app_spec`` (``"module:attribute"``) names."""
-    from .app_loader import load_engine
+def load_app(app_spec: str, db: str | None = None) -> Engine:
+    """The engine that ``app_spec`` (``"module:attribute"``, or a Cloudflare project's
+    directory or wrangler file, loaded on ``db``) names."""
+    from ..cloudflare import ProjectError, is_project, load_project
+    from .app_loader import AppLoadError, load_engine
 
+    if is_project(app_spec):
+        from ..cloudflare.console import route_prints
+
+        try:
+            engine = load_project(app_spec, db).engine
+        except ProjectError as exc:
+            raise AppLoadError(str(exc)) from None
+        route_prints()
+        return engine
+    if db is not None:
+        raise AppLoadError(f"--db is for a Cloudflare project (a directory with a wrangler file), not {app_spec!r}")
     return load_engine(app_spec)
 
 
@@ -103,24 +118,30 @@ def _safe_url(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
-def run_worker(app_spec: str) -> None:
-    """Import ``app_spec`` (``"module:attribute"``), start its engine, and run until SIGTERM or
-    SIGINT; then stop gracefully. Blocks; meant to be a process's main function."""
-    engine = load_app(app_spec)
+def run_worker(app: str | Engine, db: str | None = None) -> None:
+    """Import ``app`` (``"module:attribute"`` or a Cloudflare project, see :func:`load_app`;
+    or take the engine itself), start its engine, and run until SIGTERM or SIGINT; then stop
+    gracefully. Blocks; meant to be a process's main function."""
+    engine = app if isinstance(app, Engine) else load_app(app, db)
     with contextlib.suppress(asyncio.CancelledError, KeyboardInterrupt):
         asyncio.run(serve(engine))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m perdure.cli.worker", description="Run a Perdure worker process.")
-    parser.add_argument("app", help="module:attribute of the application's Engine, e.g. myapp.workflows:engine")
+    parser.add_argument(
+        "app", help="module:attribute of the application's Engine (myapp.workflows:engine), or a Cloudflare project"
+    )
+    parser.add_argument(
+        "--db", default=None, help="a Cloudflare project's database (default: beside its wrangler file)"
+    )
     parser.add_argument("--log-level", default=os.environ.get("PERDURE_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from .app_loader import AppLoadError
 
     try:
-        run_worker(args.app)
+        run_worker(args.app, args.db)
     except AppLoadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
