@@ -244,7 +244,8 @@ def dev(
     APP is module:attribute naming an Engine, or a Cloudflare Python Worker project (a
     directory with a wrangler file, or that file): perdure dev PATH serves its fetch at
     the printed URL (dev.port, else 8787), Perdure under /perdure, and adds .dev.vars to its
-    vars. Prints the --url the client commands need to reach it. Needs the server extra (pip install 'perdure[server]')."""
+    vars. Prints the --url the client commands need to reach it. Needs the server extra
+    (pip install 'perdure[server]')."""
     _serve(app, host, port, server_token, _project_db(project_db), with_worker=True, log_level=log_level)
 
 

@@ -104,6 +104,12 @@ def test_a_class_that_is_not_a_workflow(tmp_path: Path) -> None:
     assert "'Default' is not a WorkflowEntrypoint subclass" in error_of(project_dir(tmp_path, wrangler=wrangler))
 
 
+def test_a_schedule_the_engine_refuses_names_the_entry(tmp_path: Path) -> None:
+    wrangler = WRANGLER.replace('class_name = "Echo"', 'class_name = "Echo"\nschedules = ["every day"]')
+    message = error_of(project_dir(tmp_path, wrangler=wrangler))
+    assert message.startswith("wrangler.toml: workflows[0]: ") and "every day" in message
+
+
 def test_main_missing_or_absent(tmp_path: Path) -> None:
     assert "has no main" in error_of(project_dir(tmp_path, wrangler=WRANGLER.replace('main = "src/entry.py"', "")))
     project_dir(tmp_path)
