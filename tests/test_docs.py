@@ -56,7 +56,7 @@ def test_the_orders_example_runs_as_the_readme_says(tmp_path: Path) -> None:
 
     def run_until(pattern: str, seconds: float) -> str:
         process = subprocess.Popen(
-            [sys.executable, str(ROOT / "examples" / "orders.py")],
+            [sys.executable, "-X", "faulthandler", str(ROOT / "examples" / "orders.py")],
             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         assert process.stdout is not None
@@ -67,7 +67,13 @@ def test_the_orders_example_runs_as_the_readme_says(tmp_path: Path) -> None:
         while not re.search(pattern, "".join(lines)) and time.monotonic() < deadline and process.poll() is None:
             time.sleep(0.1)
         process.send_signal(signal.SIGINT)
-        process.wait(timeout=20)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:  # a hang: SIGABRT makes faulthandler print every thread
+            process.send_signal(signal.SIGABRT)
+            process.wait(timeout=10)
+            reader.join(5)
+            raise AssertionError("orders.py did not stop within 60 s of Ctrl-C:\n" + "".join(lines)[-6000:]) from None
         reader.join(5)
         said = "".join(lines)
         assert re.search(pattern, said), said

@@ -13,7 +13,8 @@ environment:
 * ``PERDURE_TEST_FENCED_LOG``: a file to which every step write refused with ``Fenced`` is
   appended, as ``<pid> <instance pk> <step name> <count>`` (the proof a late write was tried);
 * ``PERDURE_TEST_DEAF=1``: the worker hears of no other process's changes (a test double of
-  the store's ``changed``/``on_change``: no notifications, no safety poll), so it claims only
+  the store's ``changed``/``on_change``/``renew_leases``: no notifications, no safety poll,
+  no lost lease seen on renewal), so it claims only
   when it starts or a run of its own ends, and learns that an instance moved on only when a
   write for it is refused.
 
@@ -140,6 +141,15 @@ def _deafen(engine: Engine) -> None:
 
     store.changed = changed
     store.on_change = lambda callback: None
+    # Nor from its own lease renewals: a renewal refused because another worker took the
+    # instance over would otherwise cancel the run before its late write (see leases.py).
+    renew = store.renew_leases
+
+    async def renew_leases(owner: str, pks: list[int], until: float) -> set[int]:
+        await renew(owner, pks, until)
+        return set(pks)
+
+    store.renew_leases = renew_leases
 
 
 def make_engine() -> Engine:
