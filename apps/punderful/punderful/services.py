@@ -32,6 +32,7 @@ from punderful.ai import (
 from punderful.config import Config
 from punderful.db import PunDB
 from punderful.generator import LLMPunWriter, PunWriter, RecombinationWriter
+from punderful.judge import LLMJudge, LocalJudge, PunJudge
 from punderful.vectors import PgVectorIndex, VectorIndex, VectorStore
 
 if TYPE_CHECKING:
@@ -53,6 +54,7 @@ class Services:
     categorizer: Categorizer
     moderator: Moderator | None
     writer: PunWriter
+    judge: PunJudge
     engine: Engine | None = None
     _closers: list[Any] = field(default_factory=list)
 
@@ -128,6 +130,12 @@ def _writer(config: Config) -> PunWriter:
     return RecombinationWriter()
 
 
+def _judge(config: Config, embedder: Embedder) -> PunJudge:
+    if config.llm_base_url and config.llm_model:
+        return LLMJudge(config.llm_base_url, config.llm_model, config.llm_api_key)
+    return LocalJudge(embedder)
+
+
 def open_services(config: Config) -> Services:
     """Open every resource the config names (blocking: databases are opened and created)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
@@ -149,9 +157,10 @@ def open_services(config: Config) -> Services:
         categorizer=categorizer,
         moderator=_moderator(config),
         writer=_writer(config),
+        judge=_judge(config, embedder),
     )
     services._closers.extend([db.close, vectors.close])
-    for resource in (embedder, categorizer, services.moderator, services.writer):
+    for resource in (embedder, categorizer, services.moderator, services.writer, services.judge):
         close = getattr(resource, "close", None)
         if callable(close):
             services._closers.append(close)

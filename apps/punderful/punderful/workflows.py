@@ -236,6 +236,20 @@ class PuntificatorWorkflow(WorkflowEntrypoint):
         created = await step.do("create-new-pun-based-on-trends", create_new_pun_based_on_trends, config=MODEL_STEP)
         new_pun = str(created["pun"])
 
+        def judge_pun() -> dict[str, Any]:
+            # The original's third step: a rating below 8 ends the run here (not retried: the
+            # same pun would get the same verdict), so a bad pun is never saved or published.
+            published = [p.pun for p in services.db.latest_published(limit=1000)]
+            verdict = services.judge.judge(new_pun, [*trending["puns"], *published])
+            if not verdict.passed:
+                raise NonRetryableError(
+                    f"Rating was {verdict.rating:g} for {new_pun!r} ({verdict.method} judge): "
+                    f"{verdict.explanation} Feedback: {verdict.feedback}"
+                )
+            return verdict.to_dict()
+
+        rating = await step.do("judge-pun", judge_pun, config=MODEL_STEP)
+
         def save_pun() -> str:
             services.db.insert_pun(pun_id, new_pun, "puntificator")  # no-op if it exists
             return pun_id
@@ -267,7 +281,13 @@ class PuntificatorWorkflow(WorkflowEntrypoint):
             return {"likes": services.db.count_interactions(pun_id, "like")}
 
         feedback = await step.do("check-feedback", check_feedback, config=DB_STEP)
-        return {"punId": pun_id, "pun": new_pun, "method": created["method"], "likes": feedback["likes"]}
+        return {
+            "punId": pun_id,
+            "pun": new_pun,
+            "method": created["method"],
+            "rating": rating["rating"],
+            "likes": feedback["likes"],
+        }
 
 
 def register_workflows(engine: Engine, services: Services) -> dict[str, WorkflowBinding]:

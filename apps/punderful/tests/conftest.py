@@ -62,6 +62,9 @@ class OpenAIStandIn:
 
     base_url: str
     chat_reply: str = "wordplay"
+    #: When a chat request offers ``tools``, the stand-in calls the first one with these
+    #: arguments (``None``: it answers with ``chat_reply`` as text, without a tool call).
+    tool_arguments: dict[str, Any] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -97,7 +100,12 @@ def _make_handler(state: OpenAIStandIn, embedder: LocalEmbedder) -> type[BaseHTT
                 ]
                 self._reply(200, {"object": "list", "data": data, "model": body["model"]})
             elif self.path == "/v1/chat/completions":
-                message = {"role": "assistant", "content": state.chat_reply}
+                message: dict[str, Any] = {"role": "assistant", "content": state.chat_reply}
+                if body.get("tools") and state.tool_arguments is not None:
+                    name = body["tools"][0]["function"]["name"]
+                    call = {"id": "call-1", "type": "function"}
+                    call["function"] = {"name": name, "arguments": json.dumps(state.tool_arguments)}
+                    message = {"role": "assistant", "content": None, "tool_calls": [call]}
                 self._reply(
                     200,
                     {
@@ -143,6 +151,7 @@ def _standin_server(embedder: LocalEmbedder) -> Iterator[OpenAIStandIn]:
 def openai_standin(_standin_server: OpenAIStandIn) -> OpenAIStandIn:
     """The stand-in server, with its canned reply and request log reset."""
     _standin_server.chat_reply = "wordplay"
+    _standin_server.tool_arguments = None
     _standin_server.requests.clear()
     return _standin_server
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -13,6 +15,7 @@ from perdure import Instance, NonRetryableError
 from punderful.app import Punderful, import_id
 from punderful.generator import LLMPunWriter, PunWriterError, RecombinationWriter, split_pun
 from punderful.importer import import_puns
+from punderful.judge import JudgeError, LLMJudge, LocalJudge, validate_rating
 from punderful.workflows import LEADERBOARD_CRON, puntificator_pun_id
 from tests.conftest import OpenAIStandIn
 from tests.test_app_helpers import (
@@ -243,9 +246,23 @@ async def test_leaderboard_ranks_recent_likes_and_runs_on_a_cron(app: Punderful,
 
 
 # -- puntificator ---------------------------------------------------------------------------------
+NEW_PUN = "The astronaut quit his job at the bakery.\nHe needed more space to rise."
+
+
+class FixedPunWriterTestDouble:
+    """A test double for the pun writer: always writes ``NEW_PUN`` (a pun in no data set), so
+    the real local judge's accept path can be tested offline."""
+
+    method = "test-double"
+
+    def write(self, trending: Sequence[str], seed: str) -> str:
+        return NEW_PUN
+
+
 async def test_puntificator_writes_publishes_sleeps_and_counts_likes(tmp_path: Path) -> None:
     clock = JumpingClock()
     async with running(make_config(tmp_path), clock=clock) as app, client_for(app) as http:
+        app.services.writer = FixedPunWriterTestDouble()
         cheese, guitar = await publish_all(app, http, [CHEESE, GUITAR])
         await http.post(f"/api/puns/{guitar['id']}/like")
         db = app.services.db
@@ -267,13 +284,15 @@ async def test_puntificator_writes_publishes_sleeps_and_counts_likes(tmp_path: P
         status = await run.wait(timeout=30)
         assert status["status"] == "complete", status
         output = status["output"]
-        assert output["method"] == "offline-recombination" and output["likes"] == 1
+        assert output["method"] == "test-double" and output["likes"] == 1
+        assert output["pun"] == NEW_PUN and output["rating"] >= 8
         assert output["pun"] == db.get_pun(pun_id).pun  # type: ignore[union-attr]
         assert db.get_pun(pun_id).creator == "puntificator"  # type: ignore[union-attr]
         steps = await app.engine.store.load_steps(run.pk)
         assert [s.name for s in sorted(steps, key=lambda s: s.seq)] == [
             "retrieve-trending-puns",
             "create-new-pun-based-on-trends",
+            "judge-pun",
             "save-pun",
             "publish",
             "wait-for-publish",
@@ -309,6 +328,79 @@ async def test_puntificator_without_any_puns_gives_up(app: Punderful) -> None:
         "name": "NonRetryableError",
         "message": "No trending or published puns to learn from yet",
     }
+
+
+async def test_puntificator_offline_judge_rejects_a_copy_and_the_instance_errors(tmp_path: Path) -> None:
+    # The real offline writer with one published pun can only rerun it ("Remember this
+    # one? ..."): the real local judge finds the near-copy and the run ends errored.
+    async with running(make_config(tmp_path)) as app, client_for(app) as http:
+        (cheese,) = await publish_all(app, http, [CHEESE])
+        run = await app.bindings["puntificator"].create(id="punt-copy")
+        status = await run.wait(timeout=60)
+        assert status["status"] == "errored", status
+        assert status["error"]["name"] == "NonRetryableError"
+        message = status["error"]["message"]
+        assert message.startswith("Rating was 1 for 'Remember this one?") and "near-copy" in message
+        assert app.services.db.get_pun(puntificator_pun_id("punt-copy")) is None  # never saved
+        steps = await app.engine.store.load_steps(run.pk)
+        assert [s.name for s in sorted(steps, key=lambda s: s.seq)][-1] == "judge-pun"
+
+
+async def test_puntificator_with_the_llm_judge_accepts_and_rejects(
+    tmp_path: Path, openai_standin: OpenAIStandIn
+) -> None:
+    config = make_config(tmp_path).with_(
+        llm_base_url=openai_standin.base_url, llm_model="stand-in", llm_api_key="test-key"
+    )
+    openai_standin.chat_reply = NEW_PUN
+    async with running(config) as app, client_for(app) as http:
+        await publish_all(app, http, [CHEESE, GUITAR])
+        openai_standin.tool_arguments = {"rating": 4, "explanation": "meh", "feedback": "Sharper wordplay."}
+        rejected = await (await app.bindings["puntificator"].create(id="punt-low")).wait(timeout=60)
+        assert rejected["status"] == "errored"
+        assert "Rating was 4" in rejected["error"]["message"] and "Sharper wordplay." in rejected["error"]["message"]
+        judge_requests = [r["body"] for r in openai_standin.requests if r["body"].get("tools")]
+        assert judge_requests[-1]["tools"][0]["function"]["name"] == "ratePun"
+        assert judge_requests[-1]["messages"][0]["content"].startswith("You are a pun critic.")
+        assert judge_requests[-1]["messages"][1]["content"] == NEW_PUN
+
+        openai_standin.tool_arguments = {"rating": 9, "explanation": "space/rise", "feedback": ""}
+        run = await app.bindings["puntificator"].create(id="punt-high")
+        await _until_step(app, run.pk, "wait-for-publish")
+        steps = {s.name: s for s in await app.engine.store.load_steps(run.pk)}
+        assert steps["judge-pun"].result["rating"] == 9 and steps["judge-pun"].result["method"] == "llm"
+        assert app.services.db.get_pun(puntificator_pun_id("punt-high")) is not None
+
+
+def test_llm_judge_validates_the_tool_answer(openai_standin: OpenAIStandIn) -> None:
+    judge = LLMJudge(openai_standin.base_url, "stand-in", "test-key")
+    try:
+        openai_standin.tool_arguments = {"rating": 8.5, "feedback": "ok"}
+        verdict = judge.judge(NEW_PUN)
+        assert verdict.passed and verdict.rating == 8.5
+        for bad in ({"rating": 11}, {"rating": "nine"}, {"feedback": "no rating"}, {"rating": True}):
+            openai_standin.tool_arguments = bad
+            with pytest.raises(JudgeError):
+                judge.judge(NEW_PUN)
+        openai_standin.tool_arguments = None  # a plain text answer: no tool call
+        with pytest.raises(JudgeError, match="tool_calls not found"):
+            judge.judge(NEW_PUN)
+    finally:
+        judge.close()
+    with pytest.raises(JudgeError, match="not JSON"):
+        validate_rating("{rating: 9")
+
+
+def test_local_judge_checks(embedder: Any) -> None:
+    judge = LocalJudge(embedder)
+    assert judge.judge(NEW_PUN).passed
+    copy = judge.judge("Remember this one? " + GUITAR, [GUITAR])
+    assert not copy.passed and copy.checks and copy.checks["decidedBy"] == "near-copy"
+    stitched = judge.judge(f"{split_pun(CHEESE)[0]}\n{split_pun(GUITAR)[1]}", [CHEESE, GUITAR])
+    assert not stitched.passed and stitched.checks and stitched.checks["decidedBy"] == "stitched"
+    offtopic = judge.judge("The penguin opened a bakery.\nMy phone battery died during the meeting.")
+    assert not offtopic.passed and offtopic.checks and offtopic.checks["decidedBy"] == "incoherent"
+    assert judge.judge("No punchline here at all").rating == 3
 
 
 def test_recombination_is_honest_and_deterministic() -> None:
