@@ -249,6 +249,11 @@ async def api_workflow(request: Request) -> Response:
     return JSONResponse(await app.workflow_timeline(request.path_params["pun_id"], me))
 
 
+async def favicon(request: Request) -> Response:
+    """``/favicon.ico``, which browsers ask for on every page: the SVG icon (no 404 in the console)."""
+    return Response((HERE / "static" / "favicon.svg").read_bytes(), media_type="image/svg+xml")
+
+
 async def healthz(request: Request) -> Response:
     return JSONResponse({"ok": True, "engine": _app(request).engine.is_running})
 
@@ -382,6 +387,7 @@ def create_web_app(app: Punderful) -> ASGIApp:
         Route("/me", page_me),
         Route("/puns/{pun_id}", page_pun),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Route("/api/puns", api_list, methods=["GET"]),
         Route("/api/puns", api_create, methods=["POST"]),
         Route("/api/puns/search", api_search, methods=["GET"]),

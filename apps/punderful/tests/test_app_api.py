@@ -330,3 +330,17 @@ async def test_an_invalid_user_cookie_is_replaced(client: httpx.AsyncClient) -> 
 
 async def test_health(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"ok": True, "engine": True}
+
+
+async def test_favicon_is_served_and_linked(client: httpx.AsyncClient) -> None:
+    icon = await client.get("/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"].startswith("image/svg+xml")
+    assert icon.content.startswith(b"<svg")
+    assert '<link rel="icon" href="/static/favicon.svg"' in (await client.get("/")).text
+    assert (await client.get("/static/favicon.svg")).status_code == 200
+
+
+async def test_search_results_label_their_similarity_score(app: Punderful, client: httpx.AsyncClient) -> None:
+    await publish_all(app, client, [CHEESE])
+    page = await client.get("/search", params={"q": "dairy business"})
+    assert ">similarity 0." in page.text

@@ -55,7 +55,7 @@ function createPunBox(pun, { showStatus = false, preview = false } = {}) {
     footer.append(el("span", `status status-${pun.status}`, pun.status));
   }
   if (typeof pun.score === "number") {
-    const score = el("span", "score", pun.score.toFixed(2));
+    const score = el("span", "score", `similarity ${pun.score.toFixed(2)}`);
     score.title = `cosine similarity (${pun.via})`;
     footer.append(score);
   }
