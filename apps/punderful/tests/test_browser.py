@@ -127,6 +127,21 @@ def test_write_publish_search_open_and_see_similar_puns(browser: Any, tmp_path: 
         )
         shot(driver, "1-new-preview")
 
+        # Over the limit (text set by a script, which maxlength does not stop) the counter is red.
+        counter = driver.find_element(By.ID, "counter")
+        assert "over" not in (counter.get_attribute("class") or "")
+        driver.execute_script(
+            "arguments[0].value = 'x'.repeat(1001); arguments[0].dispatchEvent(new Event('input'));", textarea
+        )
+        wait_for(driver, lambda d: "over" in (counter.get_attribute("class") or ""), what="a red counter")
+        assert counter.text == "1001 / 1000"
+        assert counter.value_of_css_property("color") == "rgba(239, 83, 80, 1)"
+        shot(driver, "1b-new-counter-over")
+        driver.execute_script(
+            "arguments[0].value = arguments[1]; arguments[0].dispatchEvent(new Event('input'));", textarea, PUN
+        )
+        wait_for(driver, lambda d: "over" not in (counter.get_attribute("class") or ""), what="the counter back")
+
         # Submit, and watch it publish without a reload.
         driver.find_element(By.XPATH, "//button[normalize-space()='Submit Pun']").click()
         status = wait_for(driver, lambda d: d.find_element(By.ID, "submission-status"), what="the status panel")

@@ -145,6 +145,7 @@ function initNew() {
 
   const updatePreview = () => {
     counter.textContent = `${input.value.length} / ${max}`;
+    counter.classList.toggle("over", input.value.length > max);
     const text = input.value.split("\n").map((l) => l.trim()).filter(Boolean).join("\n");
     if (!text) {
       preview.replaceChildren(el("p", "empty", "Start typing to see your pun."));
