@@ -40,6 +40,7 @@ from .errors import (
     WorkflowTimeoutError,
 )
 from .event import WorkflowEvent
+from .subscriptions import Subscription
 
 __version__ = "0.1.0"
 
@@ -60,6 +61,7 @@ __all__ = [
     "Step",
     "StepError",
     "StepFunction",
+    "Subscription",
     "SystemClock",
     "ValidationError",
     "WorkflowBinding",

@@ -7,6 +7,7 @@ create instances that a worker process runs. A binding knows its engine only thr
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Mapping
@@ -14,8 +15,9 @@ from typing import Any, Protocol
 
 from . import validators
 from .clock import Clock
-from .errors import InstanceNotFoundError, ValidationError
+from .errors import InstanceNotFoundError, InvalidStateError, ValidationError
 from .records import TERMINAL, InstanceRecord, NewInstance
+from .retention import Retention, parse_retention
 from .serde import public_error
 from .store import Store
 
@@ -41,42 +43,60 @@ class EngineLink(Protocol):
         """Return when instance ``pk`` ends in this process, or after ``timeout`` seconds."""
 
 
-def _create_item(options: object) -> tuple[str, str]:
+def _new_instance(options: object, default: Retention | None, trigger: str, schedule: Any) -> NewInstance:
     if not isinstance(options, Mapping):
         raise ValidationError(
-            f"an instance to create must be a mapping {{'id'?, 'params'?}}, got {type(options).__name__}"
+            f"an instance to create must be a mapping {{'id'?, 'params'?, 'retention'?}}, got {type(options).__name__}"
         )
-    unknown = set(options) - {"id", "params"}
+    unknown = set(options) - {"id", "params", "retention"}
     if unknown:
-        raise ValidationError(f"unknown key(s) {sorted(unknown)} in create options; allowed: 'id', 'params'")
+        raise ValidationError(
+            f"unknown key(s) {sorted(unknown)} in create options; allowed: 'id', 'params', 'retention'"
+        )
     instance_id = options.get("id")
     instance_id = str(uuid.uuid4()) if instance_id is None else validators.instance_id(instance_id)
     params = options.get("params")
-    return instance_id, validators.encode_json({} if params is None else params, "create params")
+    encoded = validators.encode_json({} if params is None else params, "create params")
+    kept = parse_retention(options.get("retention")) or default or Retention()
+    return NewInstance(instance_id, encoded, trigger, schedule, kept.success, kept.error)
+
+
+# Cloudflare's codes for a deleteBatch result it could not delete
+NOT_FOUND = (10400, "workflows.api.error.instance.not_found")
+INTERNAL = (10001, "workflows.api.error.internal_server")
 
 
 class WorkflowBinding:
     """The handle ``engine.register`` returns: ``create``, ``create_batch`` and ``get``."""
 
-    def __init__(self, engine: EngineLink, name: str) -> None:
+    def __init__(self, engine: EngineLink, name: str, retention: Retention | None = None) -> None:
         self._engine = engine
         self.name = name
+        self.retention = retention  # the default of instances created without one (register(retention=))
 
     async def _store(self) -> Store:
         return await self._engine.ensure_store()
 
     async def create(
-        self, options: Mapping[str, Any] | None = None, /, *, id: str | None = None, params: Any = None
+        self,
+        options: Mapping[str, Any] | None = None,
+        /,
+        *,
+        id: str | None = None,
+        params: Any = None,
+        retention: Mapping[str, Any] | None = None,
     ) -> Instance:
         """Queue a new instance; ``id`` is generated when omitted. Also accepts Cloudflare's
-        single mapping ``create({"id": ..., "params": ...})``. A duplicate id raises
+        single mapping ``create({"id": ..., "params": ..., "retention": ...})``. ``retention``
+        (``{"success_retention"?, "error_retention"?}``, durations; see :mod:`perdure.retention`)
+        deletes the instance that long after it finished. A duplicate id raises
         :class:`~perdure.InstanceAlreadyExistsError`."""
         if options is not None:
-            if id is not None or params is not None:
-                raise ValidationError("pass either a mapping or id=/params=, not both")
+            if id is not None or params is not None or retention is not None:
+                raise ValidationError("pass either a mapping or id=/params=/retention=, not both")
             item: Mapping[str, Any] = options
         else:
-            item = {"id": id, "params": params}
+            item = {"id": id, "params": params, "retention": retention}
         created = await self.create_many([item], skip_existing=False)
         return created[0]
 
@@ -96,7 +116,7 @@ class WorkflowBinding:
         ``"queue"``...; ``describe`` shows it as Cloudflare's ``trigger.source``) and
         ``schedule`` is a cron firing's ``event.schedule``. Any number of items (a trigger
         batches as it likes); ids that exist raise, or are skipped with ``skip_existing``."""
-        new = [NewInstance(*_create_item(item), trigger=trigger, schedule=schedule) for item in items]
+        new = [_new_instance(item, self.retention, trigger, schedule) for item in items]
         store = await self._store()
         records = await store.create_instances(self.name, new, self._engine.clock.now(), skip_existing=skip_existing)
         if records:
@@ -110,6 +130,42 @@ class WorkflowBinding:
         if record is None:
             raise InstanceNotFoundError(f"no instance {instance_id!r} in workflow {self.name!r}")
         return Instance(self, record.id, record.pk)
+
+    async def delete_batch(self, ids: Any) -> dict[str, list[dict[str, Any]]]:
+        """Delete 1-100 instances by id with everything stored about them (Cloudflare's
+        ``deleteBatch``); an unfinished one is terminated first. Each id once, duplicates
+        included once::
+
+            await binding.delete_batch(["a", "b", "nope"])
+            # {"deleted": [{"id": "a"}, {"id": "b"}],
+            #  "errors": [{"id": "nope", "code": 10400, "message": "workflows.api.error.instance.not_found"}]}
+        """
+        if not isinstance(ids, (list, tuple)) or not all(isinstance(i, str) for i in ids):
+            raise ValidationError("delete_batch takes a list of 1-100 instance ids (strings)")
+        unique = list(dict.fromkeys(ids))
+        if not 1 <= len(ids) <= validators.MAX_BATCH:
+            raise ValidationError(f"delete_batch takes 1-{validators.MAX_BATCH} instance ids (got {len(ids)})")
+        for instance_id in unique:
+            validators.instance_id(instance_id)
+        store = await self._store()
+        outcome = await store.delete_instances(self.name, unique)
+        unfinished = [i for i in unique if outcome[i] == "unfinished"]
+        if unfinished:  # terminate them (their workers are fenced), then delete them too
+            records = [await store.get_instance(self.name, i) for i in unfinished]
+            for record in records:
+                if record is not None and record.status not in TERMINAL:
+                    with contextlib.suppress(InvalidStateError):
+                        await store.terminate(record.pk, self._engine.clock.now())
+                    self._engine.instance_ended(record.pk)
+            self._engine.control_changed()
+            outcome.update(await store.delete_instances(self.name, unfinished))
+        deleted = [{"id": i} for i in unique if outcome[i] == "deleted"]
+        errors = []
+        for i in unique:
+            if outcome[i] != "deleted":
+                code, message = NOT_FOUND if outcome[i] == "missing" else INTERNAL
+                errors.append({"id": i, "code": code, "message": message})
+        return {"deleted": deleted, "errors": errors}
 
     def __repr__(self) -> str:
         return f"<WorkflowBinding {self.name!r}>"

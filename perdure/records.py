@@ -129,6 +129,8 @@ class NewInstance:
     params_json: str
     trigger: str = "binding"
     schedule: dict[str, Any] | None = None
+    success_retention: float | None = None  # seconds a finished instance is kept (None: forever)
+    error_retention: float | None = None
 
 
 @dataclass(slots=True)
@@ -165,6 +167,7 @@ class HistoryRow:
     pk: int
     workflow: str
     created_at: float
+    instance_id: str = ""
 
 
 # -- queues ---------------------------------------------------------------------------------------------

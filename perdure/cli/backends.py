@@ -164,6 +164,9 @@ class HttpBackend:
         path = f"/api/workflows/{_seg(name)}/instances/{_seg(instance_id)}/events/{_seg(event_type)}"
         return await self.call("POST", path, body=payload)
 
+    async def delete(self, name: str, ids: list[str]) -> dict[str, Any]:
+        return dict(await self.call("DELETE", f"/api/workflows/{_seg(name)}/instances", body={"ids": ids}))
+
 
 def _seg(value: str) -> str:
     from urllib.parse import quote
@@ -224,6 +227,9 @@ class DbBackend:
 
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> Any:
         return await self.ops.send_event(name, instance_id, event_type, payload)
+
+    async def delete(self, name: str, ids: list[str]) -> dict[str, Any]:
+        return await self.ops.delete(name, ids)
 
     async def _queue(self, name: str) -> Queue:
         from ..triggers.queues import Queue

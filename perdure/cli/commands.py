@@ -311,6 +311,27 @@ _control_command("terminate", "Terminate an instance for good.")
 _control_command("restart", "Run an instance again from the start (or from a step).")
 
 
+@instances.command("delete")
+@click.argument("name")
+@click.argument("instance_ids", metavar="ID...", nargs=-1, required=True)
+@client_options
+@click.pass_context
+def instances_delete(ctx: click.Context, name: str, instance_ids: tuple[str, ...]) -> None:
+    """Delete 1-100 instances with their steps, events and history; an unfinished one is
+    terminated first. Exits 1 if any id could not be deleted (Cloudflare's deleteBatch)."""
+    result = _run(ctx, lambda b: b.delete(name, list(instance_ids)))
+
+    def show(c: Any, d: dict[str, Any]) -> None:
+        for item in d["deleted"]:
+            c.print(f'Instance "{escape(item["id"])}" deleted')
+        for item in d["errors"]:
+            c.print(f'[red]Instance "{escape(item["id"])}" not deleted: {item["message"]} ({item["code"]})[/red]')
+
+    _emit(ctx, result, show)
+    if result["errors"]:
+        ctx.exit(EXIT_FAILURE)
+
+
 @instances.command("send-event")
 @click.argument("name")
 @click.argument("instance_id", metavar="ID")

@@ -47,19 +47,12 @@ def _options(options: Any, **kwargs: Any) -> Any:
         return options
     if "locationHint" in options:
         _warn_once("locationHint", "there is one location")
-    return {k: v for k, v in options.items() if k != "locationHint"}
-
-
-def _without_retention(options: list[Any], exc: ValidationError) -> list[Any] | None:
-    """``options`` without ``retention`` when the engine refused that key (an engine without
-    retention keeps every instance: said once), else ``None``."""
-    if "retention" not in str(exc) or "unknown key" not in str(exc):
-        return None
-    if not any(isinstance(item, Mapping) and "retention" in item for item in options):
-        return None
-    _warn_once("retention", "this engine keeps every instance")
-    return [{k: v for k, v in item.items() if k != "retention"} if isinstance(item, Mapping) else item
-            for item in options]  # fmt: skip
+    out = {k: v for k, v in options.items() if k != "locationHint"}
+    retention = out.get("retention")
+    if isinstance(retention, Mapping):  # Cloudflare spells the keys in camelCase
+        names = {"successRetention": "success_retention", "errorRetention": "error_retention"}
+        out["retention"] = {names.get(k, k): v for k, v in retention.items()}
+    return out
 
 
 class WorkflowInstance:
@@ -115,28 +108,21 @@ class Workflow:
 
     async def create(self, options: Mapping[str, Any] | None = None, **kwargs: Any) -> WorkflowInstance:
         """``create()``, ``create({"id": ..., "params": ...})`` (or ``create(id=, params=)``)."""
-        item = _options(options or {}, **kwargs)
-        try:
-            return WorkflowInstance(await self._binding.create(item))
-        except ValidationError as exc:
-            again = _without_retention([item], exc)
-            if again is None:
-                raise
-            return WorkflowInstance(await self._binding.create(again[0]))
+        return WorkflowInstance(await self._binding.create(_options(options or {}, **kwargs)))
 
     async def create_batch(self, batch: Iterable[Mapping[str, Any]]) -> list[WorkflowInstance]:
         """Up to 100 options at once; ids that exist are skipped and left out."""
-        items = [_options(item) for item in batch]
-        try:
-            created = await self._binding.create_batch(items)
-        except ValidationError as exc:
-            again = _without_retention(items, exc)
-            if again is None:
-                raise
-            created = await self._binding.create_batch(again)
+        created = await self._binding.create_batch([_options(item) for item in batch])
         return [WorkflowInstance(instance) for instance in created]
 
     createBatch = create_batch
+
+    async def delete_batch(self, ids: Iterable[str]) -> dict[str, Any]:
+        """Delete up to 100 instances (unfinished ones are terminated first):
+        ``{"deleted": [{"id"}], "errors": [{"id", "code", "message"}]}``."""
+        return await self._binding.delete_batch(list(ids))
+
+    deleteBatch = delete_batch
 
     async def get(self, instance_id: str) -> WorkflowInstance:
         return WorkflowInstance(await self._binding.get(instance_id))

@@ -174,6 +174,11 @@ async def describe_workflow(request: Request, ops: Operations) -> Response:
 @_endpoint
 async def instances(request: Request, ops: Operations) -> Response:
     name = request.path_params["name"]
+    if request.method == "DELETE":  # {"ids": [...]}: Cloudflare's deleteBatch
+        body = await read_json(request, required=True)
+        if not isinstance(body, dict) or set(body) != {"ids"}:
+            raise ValidationError('the body must be an object {"ids": [1-100 instance ids]}')
+        return JSONResponse(await ops.delete(name, body["ids"]))
     if request.method == "POST":
         body = await read_json(request, required=False)
         created = await ops.create(name, None if body is _ABSENT else body, trigger="api")
@@ -191,7 +196,14 @@ async def instances(request: Request, ops: Operations) -> Response:
 
 @_endpoint
 async def describe_instance(request: Request, ops: Operations) -> Response:
-    return JSONResponse(await ops.describe(request.path_params["name"], request.path_params["id"]))
+    name, instance_id = request.path_params["name"], request.path_params["id"]
+    if request.method == "DELETE":
+        await ops.get_record(name, instance_id)  # unknown: 404 instance_not_found
+        result = await ops.delete(name, [instance_id])
+        if result["errors"]:
+            raise InstanceNotFoundError(f"instance {instance_id!r} of workflow {name!r} could not be deleted")
+        return JSONResponse({"id": instance_id, "workflow": name, "deleted": True})
+    return JSONResponse(await ops.describe(name, instance_id))
 
 
 @_endpoint
@@ -255,8 +267,8 @@ def api_routes() -> list[BaseRoute]:
         Route("/api/health", health, methods=["GET"]),
         Route("/api/workflows", list_workflows, methods=["GET"]),
         Route("/api/workflows/{name}", describe_workflow, methods=["GET"]),
-        Route("/api/workflows/{name}/instances", instances, methods=["GET", "POST"]),
-        Route(instance, describe_instance, methods=["GET"]),
+        Route("/api/workflows/{name}/instances", instances, methods=["GET", "POST", "DELETE"]),
+        Route(instance, describe_instance, methods=["GET", "DELETE"]),
         Route(instance + "/status", change_status, methods=["PATCH"]),
         Route(instance + "/events/{type}", send_event, methods=["POST"]),
         Route("/openapi.json", openapi, methods=["GET"]),

@@ -42,6 +42,7 @@ HISTORY_TYPES = [
     "WORKFLOW_SUCCESS",
     "WORKFLOW_FAILURE",
     "WORKFLOW_TERMINATED",
+    "WORKFLOW_PAUSED",
     "STEP_START",
     "STEP_SUCCESS",
     "STEP_FAILURE",
@@ -181,6 +182,51 @@ def _schemas() -> dict[str, Any]:
             "type": "object",
             "required": ["instances"],
             "properties": {"instances": {"type": "array", "items": _ref("InstanceSummary")}},
+        },
+        "DeleteBatch": {
+            "type": "object",
+            "required": ["ids"],
+            "additionalProperties": False,
+            "properties": {
+                "ids": {
+                    "type": "array",
+                    "minItems": 1,
+                    "maxItems": MAX_BATCH,
+                    "items": {"type": "string", "minLength": 1, "maxLength": MAX_INSTANCE_ID, "pattern": ID_PATTERN},
+                }
+            },
+        },
+        "BatchDeleted": {
+            "type": "object",
+            "required": ["deleted", "errors"],
+            "description": "Cloudflare's deleteBatch result: code 10400 for an unknown id",
+            "properties": {
+                "deleted": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["id"], "properties": {"id": {"type": "string"}}},
+                },
+                "errors": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["id", "code", "message"],
+                        "properties": {
+                            "id": {"type": "string"},
+                            "code": {"type": "integer"},
+                            "message": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "Deleted": {
+            "type": "object",
+            "required": ["id", "workflow", "deleted"],
+            "properties": {
+                "id": {"type": "string"},
+                "workflow": {"type": "string"},
+                "deleted": {"type": "boolean", "const": True},
+            },
         },
         "Attempt": {
             "type": "object",
@@ -528,6 +574,16 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                         415,
                     ),
                 },
+                "delete": {
+                    "operationId": "deleteInstances",
+                    "summary": "Delete 1-100 instances with their steps, events and history (unfinished ones are "
+                    "terminated first); Cloudflare's deleteBatch",
+                    "parameters": [name],
+                    "requestBody": {"required": True, "content": {"application/json": {"schema": _ref("DeleteBatch")}}},
+                    "responses": _responses(
+                        _ok("what was deleted, and why the rest was not", "BatchDeleted"), 408, 413, 415
+                    ),
+                },
             },
             instance_path: {
                 "get": {
@@ -535,7 +591,14 @@ def openapi_document(*, examples: dict[str, str] | None = None) -> dict[str, Any
                     "summary": "Status, params, trigger, times, output, error, steps and event history",
                     "parameters": [name, ident],
                     "responses": _responses(_ok("the instance", "InstanceDetail")),
-                }
+                },
+                "delete": {
+                    "operationId": "deleteInstance",
+                    "summary": "Delete the instance with its steps, events and history"
+                    " (terminated first if unfinished)",
+                    "parameters": [name, ident],
+                    "responses": _responses(_ok("deleted", "Deleted")),
+                },
             },
             instance_path + "/status": {
                 "patch": {

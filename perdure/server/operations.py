@@ -486,6 +486,13 @@ class Operations:
             await instance.restart(None if key is None else {"type": key[0], "name": key[1], "count": key[2]})
         return await self._summary(instance)
 
+    async def delete(self, name: str, ids: object) -> dict[str, Any]:
+        """Delete 1-100 instances with everything stored about them, terminating unfinished ones
+        first (Cloudflare's ``deleteBatch``): ``{"deleted": [{"id"}], "errors": [{"id", "code",
+        "message"}]}``."""
+        binding = await self._check_workflow(name)
+        return await binding.delete_batch(ids)
+
     async def send_event(self, name: str, instance_id: str, event_type: str, payload: Any) -> dict[str, Any]:
         validators.event_type(event_type)
         instance = await self._instance(name, instance_id)

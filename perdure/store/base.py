@@ -228,6 +228,45 @@ class Store(abc.ABC):
     async def oldest_queued_at(self, workflow: str) -> float | None:
         """When the oldest queued instance of ``workflow`` was created (None: none queued)."""
 
+    # -- housekeeping: deletion, retention, roles, subscriptions (perdure.store.housekeeping) --------
+    @abc.abstractmethod
+    async def delete_instances(self, workflow: str, ids: Sequence[str]) -> dict[str, str]:
+        """Delete the finished instances among ``ids`` with their steps, events and history, in
+        one transaction. Returns each id's outcome: ``"deleted"``, ``"missing"`` (no such
+        instance) or ``"unfinished"`` (not deleted: terminate it first)."""
+
+    @abc.abstractmethod
+    async def any_expired(self, now: float) -> bool:
+        """Whether some finished instance's retention ran out (a read: cheap when none did)."""
+
+    @abc.abstractmethod
+    async def delete_expired(self, now: float, limit: int) -> int:
+        """Delete up to ``limit`` finished instances whose retention ran out (``expires_at <= now``)
+        with all their rows; how many."""
+
+    @abc.abstractmethod
+    async def hold_role(self, role: str, owner: str, until: float, now: float) -> bool:
+        """Take or renew the background role ``role`` for ``owner`` until ``until``; False while
+        another owner holds it (its ``until`` is still ahead of ``now``)."""
+
+    @abc.abstractmethod
+    async def release_role(self, role: str, owner: str) -> None:
+        """Give ``role`` up, if ``owner`` holds it."""
+
+    @abc.abstractmethod
+    async def history_horizon(self) -> tuple[int, int, int]:
+        """``(top, xmax, xmin)``: the newest history ``seq``, the next transaction id and the
+        oldest running one. Once a later call's ``xmin`` reaches this ``xmax``, every row up to
+        ``top`` is visible. A backend that commits in ``seq`` order returns ``xmax`` 0."""
+
+    @abc.abstractmethod
+    async def subscription_cursor(self, name: str, start: int) -> int:
+        """The history ``seq`` up to which subscription ``name`` delivered; made ``start`` on first use."""
+
+    @abc.abstractmethod
+    async def advance_subscription(self, name: str, seq: int) -> None:
+        """Record that subscription ``name`` delivered every lifecycle event up to ``seq``."""
+
     # -- secrets -------------------------------------------------------------------------------------
     @abc.abstractmethod
     async def secret(self, name: str) -> bytes:

@@ -73,7 +73,10 @@ GIVE_UP = """
         WHERE pk = %(pk)s AND epoch = %(epoch)s FOR NO KEY UPDATE),
     u AS (
         UPDATE {s}.instances SET {set} FROM fence WHERE pk = fence.fenced AND {when}
-        RETURNING status, wake_at)
+        RETURNING pk, status, wake_at),
+    paused AS (  -- a pause that completes here is a lifecycle event (perdure.subscriptions)
+        INSERT INTO {s}.history (instance_pk, type, ts, data)
+        SELECT pk, 'WORKFLOW_PAUSED', %(now)s, NULL FROM u WHERE u.status = 'paused')
     SELECT fence.found, u.status,
            CASE WHEN u.status = 'waiting' AND u.wake_at < %(soon)s THEN pg_notify(%(channel)s, %(token)s) END
     FROM fence LEFT JOIN u ON TRUE"""
@@ -83,10 +86,12 @@ GIVE_UP = """
 # there is a row to return).
 CREATE = """
     WITH created AS (
-        INSERT INTO {s}.instances (workflow, id, status, params, trigger, schedule, created_at)
-        SELECT %(workflow)s, u.id, 'queued', u.params, u.trigger, u.schedule, %(now)s
-        FROM unnest(%(ids)s::text[], %(params)s::text[], %(triggers)s::text[], %(schedules)s::text[])
-            WITH ORDINALITY AS u(id, params, trigger, schedule, n)
+        INSERT INTO {s}.instances (workflow, id, status, params, trigger, schedule, created_at,
+                                   success_retention, error_retention)
+        SELECT %(workflow)s, u.id, 'queued', u.params, u.trigger, u.schedule, %(now)s, u.kept, u.kept_failed
+        FROM unnest(%(ids)s::text[], %(params)s::text[], %(triggers)s::text[], %(schedules)s::text[],
+                    %(kept)s::float8[], %(kept_failed)s::float8[])
+            WITH ORDINALITY AS u(id, params, trigger, schedule, kept, kept_failed, n)
         ORDER BY u.n
         ON CONFLICT (workflow, id) DO NOTHING
         RETURNING id, pk, trigger),
@@ -124,6 +129,9 @@ CLAIM = f"""
         SET status = 'paused', paused_at = %(now)s, owner = NULL, lease_until = NULL, epoch = epoch + 1
         WHERE pk IN (SELECT pk FROM expired WHERE status = 'waitingForPause')
         RETURNING pk),
+    paused_history AS (
+        INSERT INTO {{s}}.history (instance_pk, type, ts, data)
+        SELECT pk, 'WORKFLOW_PAUSED', %(now)s, NULL FROM paused),
     chosen AS (
         SELECT pk, tier, ord FROM (
             SELECT pk, 1 AS tier, wake_at AS ord FROM due

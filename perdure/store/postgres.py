@@ -78,6 +78,9 @@ T = TypeVar("T")
 
 __all__ = ["PostgresStore", "parse_url"]
 
+# when a finished instance is deleted: its end plus the retention of its outcome (NULL: never)
+EXPIRES = "CASE WHEN %s = 'complete' THEN success_retention ELSE error_retention END"
+
 
 # -- the store ----------------------------------------------------------------------------------
 
@@ -266,6 +269,16 @@ class PostgresStore(SQLStore):
             raise Fenced(f"instance {pk} moved past epoch {epoch}")
         return str(row[0])
 
+    async def history_horizon(self) -> tuple[int, int, int]:
+        """Commits may become visible out of ``seq`` order here: the snapshot's bounds tell when
+        every transaction that could still add a row up to ``top`` has ended (subscriptions)."""
+        rows = await self._read(
+            "SELECT (SELECT MAX(seq) FROM {s}.history), pg_snapshot_xmax(pg_current_snapshot())::text::bigint,"
+            " pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+        )
+        top, xmax, xmin = rows[0]
+        return int(top or 0), int(xmax), int(xmin)
+
     # -- instances -------------------------------------------------------------------------------
     async def create_instances(
         self, workflow: str, items: list[NewInstance], now: float, *, skip_existing: bool
@@ -280,6 +293,8 @@ class PostgresStore(SQLStore):
             "params": [item.params_json for item in items],
             "triggers": [item.trigger for item in items],
             "schedules": [dumps(item.schedule) for item in items],
+            "kept": [item.success_retention for item in items],
+            "kept_failed": [item.error_retention for item in items],
             "channel": self.channel,
             "token": self.token,
         }
@@ -529,11 +544,11 @@ class PostgresStore(SQLStore):
             cur = await conn.execute(
                 self._q(
                     "WITH u AS (UPDATE {s}.instances SET status = %s, output = %s, error = %s, ended_at = %s,"
-                    " owner = NULL, lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL"
-                    " WHERE pk = %s AND epoch = %s RETURNING pk)"
+                    " owner = NULL, lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL,"
+                    f" expires_at = %s + {EXPIRES} WHERE pk = %s AND epoch = %s RETURNING pk)"
                     " INSERT INTO {s}.history (instance_pk, type, ts, data) SELECT pk, %s, %s, %s FROM u RETURNING seq"
                 ),
-                (status, output_json, dumps(error), now, pk, epoch, kind, now, dumps(data)),
+                (status, output_json, dumps(error), now, now, status, pk, epoch, kind, now, dumps(data)),
             )
             if await cur.fetchone() is None:
                 raise Fenced(f"instance {pk} moved past epoch {epoch}")

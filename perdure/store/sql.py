@@ -44,7 +44,7 @@ from ..records import (
     StepRecord,
     WorkflowRecord,
 )
-from .base import Store
+from .housekeeping import Housekeeping
 from .rows import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
@@ -179,7 +179,7 @@ async def add_history(tx: Tx, pk: int, type_: str, ts: float, data: Any = None) 
     )
 
 
-class SQLStore(Store):
+class SQLStore(Housekeeping):
     """A :class:`~perdure.store.base.Store` over SQL: the shared operations (module doc)."""
 
     dialect: Dialect
@@ -272,12 +272,14 @@ class SQLStore(Store):
     async def history_since(self, after: int, types: Sequence[str], limit: int = 2000) -> list[HistoryRow]:
         names, values = self.dialect.in_list("h.type", types)
         rows = await self._read(
-            "SELECT h.seq, h.type, h.ts, i.pk, i.workflow, i.created_at FROM {s}.history h"
+            "SELECT h.seq, h.type, h.ts, i.pk, i.workflow, i.created_at, i.id FROM {s}.history h"
             f" JOIN {{s}}.instances i ON i.pk = h.instance_pk WHERE h.seq > %s AND {names}"
             " ORDER BY h.seq LIMIT %s",
             (after, *values, limit),
         )
-        return [HistoryRow(int(s), str(t), float(ts), int(pk), str(wf), float(c)) for s, t, ts, pk, wf, c in rows]
+        return [
+            HistoryRow(int(s), str(t), float(ts), int(pk), str(wf), float(c), str(i)) for s, t, ts, pk, wf, c, i in rows
+        ]
 
     async def last_history_seq(self) -> int:
         rows = await self._read("SELECT MAX(seq) FROM {s}.history")
@@ -307,6 +309,7 @@ class SQLStore(Store):
                     " epoch = CASE WHEN owner IS NULL THEN epoch ELSE epoch + 1 END WHERE pk = %s",
                     (status, now, pk),
                 )
+                await add_history(tx, pk, "WORKFLOW_PAUSED", now)
                 await tx.notify()
             return str(status)
 
@@ -394,8 +397,9 @@ class SQLStore(Store):
                 return WAITING
             await tx.run(
                 "UPDATE {s}.instances SET status = %s, ended_at = %s, epoch = epoch + 1, owner = NULL,"
-                " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL WHERE pk = %s",
-                (TERMINATED, now, pk),
+                " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL,"
+                " expires_at = %s + error_retention WHERE pk = %s",
+                (TERMINATED, now, now, pk),
             )
             await add_history(tx, pk, "WORKFLOW_TERMINATED", now)
             await tx.notify()
@@ -427,7 +431,7 @@ class SQLStore(Store):
             await tx.run(
                 "UPDATE {s}.instances SET status = %s, epoch = epoch + 1, owner = NULL, lease_until = NULL,"
                 " output = NULL, error = NULL, ended_at = NULL, wake_at = NULL, wait_types = NULL,"
-                " paused_at = NULL, wake_requested = FALSE, terminating = NULL,"
+                " paused_at = NULL, wake_requested = FALSE, terminating = NULL, expires_at = NULL,"
                 " started_at = CAST(%s AS DOUBLE PRECISION) WHERE pk = %s",
                 (QUEUED, started, pk),
             )

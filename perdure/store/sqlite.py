@@ -57,6 +57,9 @@ from .sqlite_writer import Writer, database_error, is_busy, locked_error
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "SQLiteStore"]
 
+# when a finished instance is deleted: its end plus the retention of its outcome (NULL: never)
+EXPIRES = "CASE WHEN ? = 'complete' THEN success_retention ELSE error_retention END"
+
 T = TypeVar("T")
 # How long a write waits for another process's write lock, unless the store says otherwise.
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
@@ -277,9 +280,19 @@ class SQLiteStore(SQLStore):
             created = []
             for item in items:
                 cur = conn.execute(
-                    "INSERT OR IGNORE INTO instances (workflow, id, status, params, trigger, schedule, created_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (workflow, item.id, QUEUED, item.params_json, item.trigger, dumps(item.schedule), now),
+                    "INSERT OR IGNORE INTO instances (workflow, id, status, params, trigger, schedule, created_at,"
+                    " success_retention, error_retention) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        workflow,
+                        item.id,
+                        QUEUED,
+                        item.params_json,
+                        item.trigger,
+                        dumps(item.schedule),
+                        now,
+                        item.success_retention,
+                        item.error_retention,
+                    ),
                 )
                 if cur.rowcount == 0:
                     if skip_existing:
@@ -376,6 +389,7 @@ class SQLiteStore(SQLStore):
                         " epoch = epoch + 1 WHERE pk = ?",
                         (PAUSED, now, pk),
                     )
+                    _history(conn, pk, "WORKFLOW_PAUSED", now)
                 elif len(pks) < limit:
                     pks.append(pk)
             claimed = []
@@ -477,6 +491,8 @@ class SQLiteStore(SQLStore):
                 " lease_until = NULL WHERE pk = ?",
                 (new_status, due, ",".join(wait_types) or None, paused_at, pk),
             )
+            if new_status == PAUSED:
+                _history(conn, pk, "WORKFLOW_PAUSED", now)
             return new_status
 
         result: str = await self._write(op)
@@ -496,6 +512,8 @@ class SQLiteStore(SQLStore):
                 " WHERE pk = ?",
                 (new_status, due, paused_at, pk),
             )
+            if new_status == PAUSED:
+                _history(conn, pk, "WORKFLOW_PAUSED", now)
 
         await self._write(op)
 
@@ -506,8 +524,9 @@ class SQLiteStore(SQLStore):
             _fence(conn, pk, epoch)
             conn.execute(
                 "UPDATE instances SET status = ?, output = ?, error = ?, ended_at = ?, owner = NULL,"
-                " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL WHERE pk = ?",
-                (status, output_json, dumps(error), now, pk),
+                " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL,"
+                f" expires_at = ? + {EXPIRES} WHERE pk = ?",
+                (status, output_json, dumps(error), now, now, status, pk),
             )
             kind, data = finish_history(status, output_json, error)
             _history(conn, pk, kind, now, data)

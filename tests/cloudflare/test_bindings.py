@@ -76,10 +76,22 @@ async def test_create_batch_skips_existing_ids_and_takes_camel_case(make_engine:
 async def test_cloudflare_only_create_options_do_not_fail(make_engine: Make) -> None:
     workflow = await started(make_engine, Approval)
     hinted = await workflow.create({"id": "h", "locationHint": "weur"})
-    kept = await workflow.create({"id": "r", "retention": {"success_retention": "7 days"}})
+    kept = await workflow.create({"id": "r", "retention": {"successRetention": "7 days", "errorRetention": 60_000}})
     assert [(await workflow.get(i.id)).id for i in (hinted, kept)] == ["h", "r"]
+    store: Any = workflow._binding._engine.store  # type: ignore[attr-defined]
+    rows = await store._read("SELECT success_retention, error_retention FROM {s}.instances WHERE id = 'r'")
+    assert rows == [(7 * 86400.0, 60.0)]  # Cloudflare's camelCase keys, kept
     with pytest.raises(ValueError, match="unknown key"):
         await workflow.create({"id": "x", "colour": "red"})
+    with pytest.raises(ValueError, match="successRetention|success_retention"):
+        await workflow.create({"id": "y", "retention": {"successRetention": "soon"}})
+
+
+async def test_delete_batch(make_engine: Make) -> None:
+    workflow = await started(make_engine, Approval)
+    await workflow.create({"id": "d"})
+    result = await workflow.deleteBatch(["d", "gone"])
+    assert result["deleted"] == [{"id": "d"}] and result["errors"][0]["code"] == 10400
 
 
 async def test_pause_resume_terminate_restart(make_engine: Make) -> None:

@@ -307,5 +307,6 @@ async def test_a_pause_requested_from_a_dead_worker_completes_on_claim(stores: t
     assert await store.resume(pk, now + 2) == "queued"
     [again] = await store.claim("alive", 5, now + 3, now + 60, ["w"])
     assert again.pk == pk and again.started_at == now  # started once: one WORKFLOW_START
-    assert [h["type"] for h in await store.history(pk)] == ["WORKFLOW_QUEUED", "WORKFLOW_START"]
+    # the pause that completed on claim is a lifecycle event, in the same statement
+    assert [h["type"] for h in await store.history(pk)] == ["WORKFLOW_QUEUED", "WORKFLOW_START", "WORKFLOW_PAUSED"]
     assert (await store.history(pk))[0]["data"] == {"trigger": "binding"}
