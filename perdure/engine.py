@@ -32,6 +32,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,8 +46,10 @@ from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
 from .leases import LeaseGate
 from .records import COMPLETE, ERRORED, TERMINAL, TERMINATED, InstanceRecord, WorkflowRecord
+from .retention import RetentionSweep, parse_retention
 from .serde import error_info, rebuild_error
 from .store import Store, open_store
+from .subscriptions import Deliveries, Subscription, parse_subscriptions
 from .tracing import span
 
 log = logging.getLogger("perdure")
@@ -59,6 +62,7 @@ class Registration:
     env: Any
     schedules: list[str]
     step_limit: int
+    subscriptions: list[Subscription] = field(default_factory=list)
     binding: WorkflowBinding = field(init=False)
 
     def record(self) -> WorkflowRecord:
@@ -113,6 +117,8 @@ class Engine:
         self._gates: dict[int, LeaseGate] = {}  # how fresh each run's lease is (perdure.leases)
         self._refreshing: asyncio.Task[set[int]] | None = None
         self._background: list[asyncio.Task[None]] = []
+        self.retention: RetentionSweep | None = None  # once started
+        self.deliveries: Deliveries | None = None  # once started, with subscriptions
         self._nudge: asyncio.Event | None = None
         self._check_control = False
         self._watchers: dict[int, list[asyncio.Future[None]]] = {}
@@ -129,8 +135,14 @@ class Engine:
         env: Any = None,
         schedules: list[str] | str | None = None,
         limits: dict[str, int] | None = None,
+        retention: dict[str, Any] | None = None,
+        subscriptions: list[Any] | None = None,
     ) -> WorkflowBinding:
-        """Register a workflow class under ``name``; returns its binding."""
+        """Register a workflow class under ``name``; returns its binding.
+
+        ``retention`` is the default of the instances its binding creates
+        (:mod:`perdure.retention`); ``subscriptions`` receive its instances' lifecycle events
+        (:mod:`perdure.subscriptions`)."""
         if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
             raise ValidationError(f"register() takes a WorkflowEntrypoint subclass, got {cls!r}")
         validators.workflow_name(name)
@@ -149,8 +161,9 @@ class Engine:
             if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
                 raise ValidationError(f"limits['steps'] must be an integer >= 1, got {steps!r}")
             step_limit = steps
-        registration = Registration(cls, name, env, schedules, step_limit)
-        registration.binding = WorkflowBinding(self, name)
+        kept = parse_retention(retention, "register(retention=)")
+        registration = Registration(cls, name, env, schedules, step_limit, parse_subscriptions(subscriptions))
+        registration.binding = WorkflowBinding(self, name, kept)
         self._registry[name] = registration
         if self._started:
             self._start_schedules(registration)
@@ -198,6 +211,7 @@ class Engine:
         self._background.append(asyncio.create_task(self._lease_loop(), name="perdure-leases"))
         for registration in self._registry.values():
             self._start_schedules(registration)
+        await self._start_housekeeping()
 
     async def stop(self) -> None:
         """Stop running instances (they resume from their last step elsewhere or on the next
@@ -229,6 +243,21 @@ class Engine:
             await self.store.register_workflows([r.record() for r in registrations], self.clock.now())
         except Exception:
             log.exception("perdure: could not record the registration of %s", [r.name for r in registrations])
+
+    async def _start_housekeeping(self) -> None:
+        """The retention sweep, and the delivery of lifecycle subscriptions if there are any."""
+        self.retention = RetentionSweep(self.store, self.owner, time.time)
+        self._background.append(asyncio.create_task(self.retention.run(), name="perdure-retention"))
+        subscribed = {r.name: r.subscriptions for r in self._registry.values() if r.subscriptions}
+        if subscribed:
+            store = self.store
+
+            async def send(queue: str, bodies: Sequence[str]) -> None:
+                await store.queue_send(queue, bodies, time.time(), 0.0)
+
+            self.deliveries = Deliveries(store, self.owner, subscribed, send)
+            await self.deliveries.prepare()  # a new subscription starts here: with what follows start()
+            self._background.append(asyncio.create_task(self.deliveries.run(), name="perdure-subscriptions"))
 
     def _start_schedules(self, registration: Registration) -> None:
         for cron in registration.schedules:
