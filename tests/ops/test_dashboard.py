@@ -1,5 +1,6 @@
 """The dashboard end to end in headless Chromium: load the pages, search instances by id prefix,
-click Pause, see the status change, resume, send the event, see the instance complete; Terminate
+click Pause, see the status change, resume, send the event, see the instance complete (and only
+Restart left enabled); a stale page that terminates a finished instance shows the error; Terminate
 and Restart ask to confirm first; the browser's console shows no Content-Security-Policy
 violation on any page, and a page of another origin cannot frame the dashboard. Screenshots go
 to test-artifacts/ops/.
@@ -216,11 +217,27 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         await asyncio.to_thread(driver.refresh)
         assert await until(lambda: text("#instance-status")) == "complete"
         assert '"by": "browser"' in text("#instance-output")
-        # terminating a finished instance (once confirmed) shows the error on the page instead of failing
+        # a finished instance can only be restarted: Pause, Resume and Terminate are disabled
+        enabled = {
+            a: driver.find_element(By.ID, f"action-{a}").is_enabled()
+            for a in ("pause", "resume", "terminate", "restart")
+        }
+        assert enabled == {"pause": False, "resume": False, "terminate": False, "restart": True}, enabled
+        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-instance-complete.png"))
+        # a page opened while the instance ran is stale once it finishes: terminating it then (once
+        # confirmed) shows the error on the page instead of failing
+        await api.post("/api/workflows/approval/instances", json={"id": "ui-stale"})
+        await wait_status(api, "approval", "ui-stale", "waiting")
+        await asyncio.to_thread(driver.get, f"{served}/dashboard/workflows/approval/instances/ui-stale")
+        assert await until(lambda: text("#instance-status")) == "waiting"
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-terminate").click())
+        assert "Terminate this instance?" in await until(lambda: text("#confirm"))
+        await api.post("/api/workflows/approval/instances/ui-stale/events/approve", json={"by": "api"})
+        await wait_status(api, "approval", "ui-stale", "complete")
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "confirm-action").click())
         await until(lambda: "already complete" in text("#flash"))
-        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-instance-complete.png"))
+        assert (await api.get("/api/workflows/approval/instances/ui-stale")).json()["status"] == "complete"
+        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-instance-stale-terminate.png"))
 
         # Terminate and Restart ask first: one click changes nothing, Cancel goes back
         await api.post("/api/workflows/approval/instances", json={"id": "ui-2"})

@@ -344,3 +344,13 @@ async def test_search_results_label_their_similarity_score(app: Punderful, clien
     await publish_all(app, client, [CHEESE])
     page = await client.get("/search", params={"q": "dairy business"})
     assert ">similarity 0." in page.text
+
+
+async def test_the_dashboard_disables_pause_resume_terminate_on_a_completed_instance(
+    app: Punderful, client: httpx.AsyncClient
+) -> None:
+    (pun,) = await publish_all(app, client, [CHEESE])
+    page = (await client.get(f"/perdure/dashboard/workflows/publish/instances/{pun['id']}")).text
+    for action in ("pause", "resume", "terminate"):
+        assert f'id="action-{action}" class="{"danger" if action == "terminate" else ""}" disabled' in page
+    assert 'id="action-restart" class="">' in page
