@@ -35,6 +35,7 @@ from .errors import (
 )
 from .event import to_datetime
 from .leases import AlwaysFresh, LeaseGate, LeaseLost
+from .modifiers import NOT_MOCKED, Hooks
 from .records import COMPLETE, DO, PATCH, ROLLBACK, SLEEP, WAIT, WAITING_FOR_PAUSE, StepRecord, StopKind
 from .retries import (
     DEFAULT_CONFIG,
@@ -97,6 +98,7 @@ class Step:
         lease: LeaseGate | None = None,
         replay_only: bool = False,
         observer: ReplayObserver | None = None,
+        modifiers: Hooks | None = None,
     ) -> None:
         self._store = store
         self._lease = lease if lease is not None else AlwaysFresh()
@@ -104,6 +106,7 @@ class Step:
         # that did not finish ends the run (Stop("replayed")) instead of running.
         self._replay_only = replay_only or observer is not None
         self._observer = observer  # the replay checker (perdure.replay), if one is looking
+        self._modifiers = modifiers  # a test's modifiers (perdure.testing), almost always None
         # the history this run started from, in stored order
         self._stored: tuple[tuple[str, str, int], ...] = tuple(s.key for s in steps)
         self._visited: set[tuple[str, str, int]] = set()  # the steps this run asked for
@@ -362,7 +365,11 @@ class Step:
                     f"step {record.name}",
                     {"perdure.step.name": record.name, "perdure.step.count": record.count, "perdure.attempt": number},
                 ):
-                    result = await run_with_timeout(self._clock, self._call(fn, kwargs), timeout)
+                    mocked = NOT_MOCKED if self._modifiers is None else self._modifiers.attempt(*record.key, number)
+                    if mocked is NOT_MOCKED:
+                        result = await run_with_timeout(self._clock, self._call(fn, kwargs), timeout)
+                    else:
+                        result = mocked
             except TimeoutError:
                 failure: Exception = WorkflowTimeoutError(
                     f"step {record.name!r} attempt {number} timed out after {config['timeout']}"
@@ -394,7 +401,10 @@ class Step:
             elif delay == DYNAMIC_DELAY:  # the code no longer gives a function: the default delay
                 base = parse_duration(DEFAULT_CONFIG["retries"]["delay"])
             record.status = "retrying"
-            record.wake_at = self._clock.now() + retry_delay(config, failures, base)
+            wait = retry_delay(config, failures, base)
+            if self._modifiers is not None and self._modifiers.skip_retry_delay(record.name, record.count):
+                wait = 0.0
+            record.wake_at = self._clock.now() + wait
             await self._save(record)
 
     async def _call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
@@ -459,7 +469,8 @@ class Step:
             raise Stop("replayed")
         now = self._clock.now()
         if record is None:
-            record = StepRecord(SLEEP, name, count, "waiting", now, config=config, wake_at=deadline(now))
+            wake = now if self._modifiers is not None and self._modifiers.skip_sleep(name, count) else deadline(now)
+            record = StepRecord(SLEEP, name, count, "waiting", now, config=config, wake_at=wake)
             self._memo[record.key] = record
             # A short sleep needs no commit to wait on: after a crash it would simply restart.
             await self._save(record, durable=record.wake_at is not None and record.wake_at - now > self._fast_wait)
@@ -532,8 +543,13 @@ class Step:
                 wake_at=now + seconds,
             )
             self._memo[record.key] = record
+        forced = False  # force_event_timeout (perdure.testing)
         try:
-            event = await self._store.take_event(self._pk, self._epoch, record, event_type, now)
+            if self._modifiers is not None:
+                forced, mocked = self._modifiers.wait(name, count, event_type)
+                for mocked_type, payload_json in mocked:  # mock_event: sent as if before the wait
+                    await self._store.send_event(self._pk, mocked_type, payload_json, now)
+            event = None if forced else await self._store.take_event(self._pk, self._epoch, record, event_type, now)
         except Fenced:
             raise Stop("fenced") from None
         except Exception as exc:
@@ -542,7 +558,7 @@ class Step:
         if event is not None:
             return _event_value(event)
         assert record.wake_at is not None
-        if now >= record.wake_at:
+        if forced or now >= record.wake_at:
             waited = record.config["timeout"] if record.config else seconds
             message = f"wait_for_event {name!r} timed out after {waited}s without a {event_type!r} event"
             record.status, record.ended_at, record.wake_at = "failed", now, None

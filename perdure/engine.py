@@ -45,6 +45,7 @@ from .entrypoint import WorkflowEntrypoint
 from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
 from .leases import LeaseGate
+from .modifiers import lookup as modifiers_of
 from .records import COMPLETE, ERRORED, TERMINAL, TERMINATED, InstanceRecord, WorkflowRecord
 from .retention import RetentionSweep, parse_retention
 from .serde import error_info, rebuild_error
@@ -212,6 +213,9 @@ class Engine:
         for registration in self._registry.values():
             self._start_schedules(registration)
         await self._start_housekeeping()
+        watch = getattr(self.clock, "watch", None)  # a test clock that skips time (perdure.testing)
+        if watch is not None:
+            watch(self)
 
     async def stop(self) -> None:
         """Stop running instances (they resume from their last step elsewhere or on the next
@@ -223,7 +227,7 @@ class Engine:
             running = [task for _, task in self._running.values()]
             for task in running:
                 task.cancel()
-            await asyncio.gather(*self._background, *running, return_exceptions=True)
+            await _cancel_until_done([*self._background, *running])
             self._background.clear()
             self._started = False
         if self._store_open:
@@ -469,6 +473,7 @@ class Engine:
                 fast_wait=self.fast_wait,
                 lease=lease,
                 replay_only=record.terminating is not None,
+                modifiers=modifiers_of(self.url, record.workflow, record.id, record.pk),
             )
             event = WorkflowEvent(
                 payload=record.params,
@@ -596,3 +601,17 @@ def _schedule(stored: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 __all__ = ["Engine", "open_store", "TERMINAL"]
+
+
+async def _cancel_until_done(tasks: list[asyncio.Task[Any]]) -> None:
+    """Wait for cancelled tasks to end, cancelling again those that outlive a second: a
+    database driver may turn a cancellation into an error of its own that a retry loop then
+    catches, and one swallowed cancellation must not keep ``stop()`` waiting forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        _, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in pending:
+            task.cancel()
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved, so asyncio does not log it as never retrieved

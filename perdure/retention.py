@@ -111,4 +111,7 @@ class RetentionSweep:
                 raise
             except Exception:
                 log.exception("perdure retention sweep failed; retrying")
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # a driver swallowed our cancellation: stop anyway
             await asyncio.sleep(self.every)

@@ -53,6 +53,18 @@ WriteFn = Callable[[Conn], Awaitable[Any]]
 GroupFn = Callable[[Conn, Sequence["Write"]], Awaitable[list[Outcome]]]
 
 
+def reraise_cancellation() -> None:
+    """Raise CancelledError if the current task is being cancelled.
+
+    psycopg answers a cancellation in the middle of a query by cancelling the query on the
+    server, and what reaches us can be ``QueryCanceled`` (an ``OperationalError``) rather than
+    ``CancelledError``: a retry loop that caught it would swallow the cancellation and keep the
+    task (and ``Engine.stop``) alive. Every ``except`` that retries or reports calls this first."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Write:
     """One write waiting for a commit.
 
@@ -146,12 +158,14 @@ class Transactions:
             except Unexpected:
                 savepoints = True  # rolled back: redo it with each write on its own
             except _Transient as exc:
+                reraise_cancellation()
                 retry = not exc.ambiguous or all(w.idempotent for w in writes)
                 if not retry or tries >= len(self.retry_delays):
                     return [(None, exc.error)] * len(writes)
                 await self.recover(self.retry_delays[tries])
                 tries += 1
             except Exception as exc:
+                reraise_cancellation()
                 return [(None, exc)] * len(writes)
 
     async def read(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
@@ -166,6 +180,7 @@ class Transactions:
                     cur = await conn.execute(query, params)
                     return await cur.fetchall()
             except psycopg.OperationalError:
+                reraise_cancellation()
                 if tries >= len(self.retry_delays):
                     raise
                 await self.recover(self.retry_delays[tries])

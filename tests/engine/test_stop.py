@@ -1,0 +1,54 @@
+"""Engine.stop ends even when a driver swallows a cancellation (psycopg can answer a cancelled
+query with its own QueryCanceled error, which a retry loop then catches)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, cast
+
+from perdure.engine import _cancel_until_done
+from perdure.retention import RetentionSweep
+from perdure.store.base import Store
+
+
+class SwallowingStoreDouble:
+    """Test double: a store whose read turns the first cancellation into an ordinary error."""
+
+    def __init__(self) -> None:
+        self.reading = asyncio.Event()
+
+    async def any_expired(self, now: float) -> bool:
+        self.reading.set()
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            raise RuntimeError("canceling statement due to user request") from None
+        return False
+
+
+async def test_the_retention_loop_stops_when_its_cancellation_was_turned_into_an_error() -> None:
+    store = SwallowingStoreDouble()
+    sweep = RetentionSweep(cast(Store, store), "owner", lambda: 0.0, every=30.0)
+    task = asyncio.create_task(sweep.run())
+    await store.reading.wait()
+    task.cancel()
+    await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 2.0)
+    assert task.cancelled()
+
+
+async def test_cancel_until_done_cancels_again_a_task_that_swallowed_the_first_cancel() -> None:
+    swallowed: list[int] = []
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            swallowed.append(1)
+        await asyncio.sleep(60)  # carries on as if nothing happened
+
+    tasks: list[asyncio.Task[Any]] = [asyncio.create_task(stubborn()), asyncio.create_task(asyncio.sleep(60))]
+    await asyncio.sleep(0)
+    for task in tasks:
+        task.cancel()
+    await asyncio.wait_for(_cancel_until_done(tasks), 5.0)
+    assert swallowed == [1] and all(task.cancelled() for task in tasks)
