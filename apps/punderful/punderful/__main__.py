@@ -3,26 +3,34 @@
     python -m punderful [--host 127.0.0.1] [--port 8787] [--db URL] [--data-dir DIR]
                         [--moderation auto|local|openai|off] [--no-workers]
                         [--perdure-token TOKEN | --no-perdure] [--allowed-host NAME ...]
+                        [--no-seed]
     python -m punderful import [--limit N] [--wait] [--db URL] [--data-dir DIR]
 
 ``serve`` runs the web app, the engine's workers and Perdure's REST API and dashboard (at
 ``/perdure``) in one process, and prints the URL. ``--port 0`` picks a free port. As with
 ``perdure serve``, any ``--host`` but a loopback address needs ``--perdure-token`` (or
 ``PERDURE_TOKEN``) for that mount, or ``--no-perdure``; only the bound address, the loopback
-names and ``--allowed-host`` names are answered.
+names and ``--allowed-host`` names are answered. On a fresh database (no puns, never seeded)
+the server first imports the bundled puns through the publish workflow, with a progress bar in
+the log, so the site has content from the first minute; ``--no-seed`` starts it empty.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from punderful.config import MODERATION_MODES, Config, ConfigError
+
+if TYPE_CHECKING:
+    from punderful.app import Punderful
 
 __all__ = ["main"]
 
@@ -72,6 +80,13 @@ def _serve_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="also answer requests for this Host name (repeatable; env PUNDERFUL_ALLOWED_HOSTS, comma-separated); "
         "the bound address and 127.0.0.1, localhost, ::1 always are",
     )
+    parser.add_argument(
+        "--no-seed",
+        default=default(False),
+        action="store_true",
+        help="do not import the bundled puns on a fresh database (by default the first start of a database "
+        "with no puns, never seeded, imports them through the publish workflow)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,9 +123,11 @@ class ListenError(Exception):
     """The address to serve on cannot be bound: one line for the user, not a traceback."""
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, *, seed: bool = True) -> None:
     """Run until SIGINT/SIGTERM: the workers stop after the web server, and running instances
-    resume from their last finished step on the next start."""
+    resume from their last finished step on the next start. With ``seed``, a fresh database is
+    seeded with the bundled puns in the background once the server answers
+    (:func:`punderful.importer.seed_if_fresh`)."""
     import uvicorn
     from perdure.cli.serving import cli_url, is_loopback
     from perdure.server.http_server import server_config
@@ -155,7 +172,30 @@ async def serve(config: Config) -> None:
                     flush=True,
                 )
             print(f"Data: {config.engine_url}", flush=True)
-        await task
+        seeding = asyncio.create_task(_seed(app)) if seed and server.started else None
+        try:
+            await task
+        finally:
+            if seeding is not None:
+                # Stopping mid-seed is safe: the drafts' instances are created on the next
+                # start, and the seed (marked started, not done) is finished then.
+                seeding.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await seeding
+
+
+async def _seed(app: Punderful) -> None:
+    """Seed a fresh database; a failure is reported in the log and the site keeps serving."""
+    from punderful.importer import seed_if_fresh
+
+    try:
+        await seed_if_fresh(app)
+    except Exception as exc:  # the site works without the seed; say how to import by hand
+        print(
+            f"punderful: seeding the bundled puns failed ({exc!r}); run `python -m punderful import` to retry",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def run_import(config: Config, limit: int | None, wait: bool) -> int:
@@ -190,9 +230,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"punderful: {exc}", file=sys.stderr)
         return 2
     if args.command == "import":
+        if getattr(args, "no_seed", False):
+            print("punderful: --no-seed is an option of serving, not of import", file=sys.stderr)
+            return 2
         return run_import(config, args.limit, args.wait)
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, seed=not args.no_seed))
     except KeyboardInterrupt:
         pass
     except ListenError as exc:

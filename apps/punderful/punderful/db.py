@@ -1,9 +1,10 @@
 """The app's own tables: puns, anonymous sessions, users, interactions and the leaderboard.
 
 These are the original's D1 tables (``puns``, ``users``, ``anonymous_sessions``,
-``pun_interactions``) plus two of ours: ``pun_status_changes``, an audit row per status change
-(the crash test uses it to prove each change happened once), and ``leaderboard``, which replaces
-the original's KV namespace.
+``pun_interactions``) plus three of ours: ``pun_status_changes``, an audit row per status change
+(the crash test uses it to prove each change happened once), ``leaderboard``, which replaces
+the original's KV namespace, and ``app_meta``, facts about the database itself (whether the
+bundled puns were seeded into it).
 
 One class, :class:`PunDB`, speaks to SQLite (the stdlib ``sqlite3``; the vector index has its own
 file and driver) or to PostgreSQL (``psycopg``). The SQL is written once with ``?`` placeholders
@@ -84,6 +85,11 @@ CREATE TABLE IF NOT EXISTS pun_status_changes (
 );
 CREATE INDEX IF NOT EXISTS ix_status_changes_pun ON pun_status_changes (pun_id);
 CREATE TABLE IF NOT EXISTS leaderboard (
+    name TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS app_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL,
     updated_at TEXT NOT NULL
@@ -474,6 +480,21 @@ class PunDB:
                 "INSERT INTO leaderboard (name, value, updated_at) VALUES ('trending', ?, ?) "
                 "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
                 (json.dumps(trending), now_iso()),
+            )
+
+    # -- the app's own facts about the database (e.g. whether it was seeded) ---------------------
+    def get_meta(self, name: str) -> str | None:
+        """A value the app stored about this database, or None."""
+        rows = self._read("SELECT value FROM app_meta WHERE name = ?", (name,))
+        return str(rows[0][0]) if rows else None
+
+    def set_meta(self, name: str, value: str) -> None:
+        """Store (or replace) a value about this database."""
+        with self._tx() as tx:
+            tx.write(
+                "INSERT INTO app_meta (name, value, updated_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                (name, value, now_iso()),
             )
 
     def get_trends(self) -> tuple[list[dict[str, Any]], str] | None:

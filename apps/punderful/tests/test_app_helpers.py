@@ -134,10 +134,17 @@ async def eventually(check: Callable[[], Any], timeout: float = 30, interval: fl
 
 # -- a real server process ----------------------------------------------------------------------
 class ServerProcess:
-    """``python -m punderful`` running in a subprocess on a free port."""
+    """``python -m punderful`` running in a subprocess on a free port; with ``--no-seed`` unless
+    ``seed`` (the tests that need puns import their own)."""
 
     def __init__(
-        self, data_dir: Path, env: dict[str, str] | None = None, log: Path | None = None, args: Sequence[str] = ()
+        self,
+        data_dir: Path,
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        args: Sequence[str] = (),
+        *,
+        seed: bool = False,
     ) -> None:
         self.data_dir = data_dir
         self.log_path = log or data_dir.with_suffix(".log")
@@ -148,6 +155,7 @@ class ServerProcess:
         self._offset = self.log_path.stat().st_size  # the log is appended to across restarts
         self.process = subprocess.Popen(
             [sys.executable, "-m", "punderful", "--port", "0", "--data-dir", str(data_dir), "--moderation", "local"]
+            + ([] if seed else ["--no-seed"])
             + list(args),
             cwd=ROOT,
             env=environment,
@@ -169,6 +177,12 @@ class ServerProcess:
                 raise RuntimeError(f"punderful exited with {self.process.returncode}:\n{text[-3000:]}")
             time.sleep(0.05)
         raise RuntimeError(f"punderful did not print its URL within {timeout} s:\n{self.log_path.read_text()[-3000:]}")
+
+    def output(self) -> str:
+        """What this run (not an earlier one on the same log) printed so far."""
+        with self.log_path.open("rb") as fh:
+            fh.seek(self._offset)
+            return fh.read().decode(errors="replace")
 
     def kill(self) -> None:
         """SIGKILL (by pid): no shutdown code runs."""
