@@ -51,6 +51,14 @@ def drop_schema(schema: str) -> None:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
+def schema_exists(schema: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(server_url(), autocommit=True, connect_timeout=5) as conn:
+        found = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    return found is not None
+
+
 def new_schema_name() -> str:
     return f"perdure_t_{uuid.uuid4().hex}"
 

@@ -4,7 +4,9 @@ every relative link points at a file, and the docs site builds with warnings as 
 A block is runnable when the line before its fence is ``<!-- runnable -->``. The runnable blocks
 of one page run in order, in one fresh folder (a later ``bash`` block may read the database an
 earlier ``python`` block wrote), with the venv's ``bin`` first on ``PATH`` as after
-``. .venv/bin/activate``.
+``. .venv/bin/activate``. A python block marked ``<!-- runnable pytest -->`` is a test file: it is
+saved as ``test_block_N.py`` there and run with pytest (``asyncio_mode = auto``, as the testing
+guide tells users to set), with the test server's URL for the PostgreSQL fixture.
 """
 
 from __future__ import annotations
@@ -25,20 +27,37 @@ from tests.ci import unavailable
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 PAGES = [p for p in PAGES if "_build" not in p.parts and p.name != "rest.md"]  # rest.md is generated
-BLOCK = re.compile(r"<!-- runnable -->\n```(python|bash)\n(.*?)\n```", re.S)
+BLOCK = re.compile(r"<!-- runnable( pytest)? -->\n```(python|bash)\n(.*?)\n```", re.S)
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 
 def runnable(page: Path) -> list[tuple[str, str]]:
-    return BLOCK.findall(page.read_text())
+    """The page's runnable blocks as (kind, code): kind is python, bash or pytest."""
+    return [("pytest" if as_test else language, code) for as_test, language, code in BLOCK.findall(page.read_text())]
+
+
+def command_for(kind: str, code: str, number: int, folder: Path) -> list[str]:
+    if kind == "python":
+        return [sys.executable, "-c", code]
+    if kind == "bash":
+        return ["bash", "-euo", "pipefail", "-c", code]
+    (folder / f"test_block_{number}.py").write_text(code)
+    return [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "asyncio_mode=auto",
+            "-o", "asyncio_default_fixture_loop_scope=function", f"test_block_{number}.py"]  # fmt: skip
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if runnable(p)], ids=lambda p: str(p.relative_to(ROOT)))
 def test_runnable_blocks_run_as_written(page: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     env.pop("PYTHONPATH", None)
-    for number, (language, code) in enumerate(runnable(page), start=1):
-        command = [sys.executable, "-c", code] if language == "python" else ["bash", "-euo", "pipefail", "-c", code]
+    env.pop("PYTEST_ADDOPTS", None)
+    if any(kind == "pytest" for kind, _ in runnable(page)):
+        from tests.pg import require_server, server_url
+
+        require_server()  # the guide's PostgreSQL example runs too (fails instead of skipping in CI)
+        env.setdefault("PERDURE_TEST_POSTGRES_URL", server_url())
+    for number, (kind, code) in enumerate(runnable(page), start=1):
+        command = command_for(kind, code, number, tmp_path)
         done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, f"block {number} of {page.name} failed:\n{code}\n{done.stdout}\n{done.stderr}"
         assert "Traceback" not in done.stderr, done.stderr

@@ -209,6 +209,14 @@ class PostgresStore(SQLStore):
         self._reset()
         await pools.close()
 
+    async def drop(self) -> None:
+        """Remove this store's schema with every row in it, and close (for throw-away test
+        schemas: the pytest plugin's ``perdure_postgres_engine`` drops its own afterwards)."""
+        pool = await self._ready()
+        async with pool.connection() as conn:
+            await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+        await self.close()
+
     async def _ready(self) -> AsyncConnectionPool[Conn]:
         """The pool, opening the store first when needed: like the SQLite store, a closed
         store reopens on use (a client may read a status after its engine stopped), also from

@@ -118,7 +118,7 @@ async def perdure_engine(perdure_make_engine: Callable[..., Engine]) -> AsyncIte
 @pytest.fixture
 def perdure_postgres_url(request: pytest.FixtureRequest) -> str:
     """The configured PostgreSQL server with a fresh ``?schema=`` for this test (skips when no
-    server is configured). The schema is dropped afterwards when the store can drop it."""
+    server is configured). ``perdure_postgres_engine`` drops the schema afterwards."""
     server = _configured_url(request.config)
     if server is None:
         pytest.skip(f"no PostgreSQL server configured (--perdure-postgres-url, ini perdure_postgres_url or ${ENV_URL})")
@@ -138,9 +138,8 @@ async def perdure_postgres_engine(perdure_postgres_url: str, request: pytest.Fix
             yield engine
         finally:
             await engine.stop()
-            drop = getattr(engine.store, "drop", None)  # a store that can remove its own schema
+            drop = getattr(engine.store, "drop", None)  # PostgreSQL's store removes its own schema
             if drop is not None:
-                await engine.store.open()
                 try:
                     await drop()
                 finally:

@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlparse
 
+import psycopg
 import pytest
 from click.testing import CliRunner
+from psycopg import sql
 
 from perdure import Engine
 from perdure.cli import main
 from perdure.replay import check
+from perdure.store.migrations.postgres import LATEST as PG_LATEST
+from perdure.store.sqlite import SCHEMA_VERSION as SQLITE_LAYOUT
 from perdure.testing import ManualClock
 from tests.engine.replay_app import engine_for
 from tests.engine.util import until_status
+from tests.pg import server_url
+
+UPGRADE_DATA = Path(__file__).resolve().parent.parent / "data" / "upgrade"
 
 Make = Callable[..., Engine]
 
@@ -120,3 +130,37 @@ async def test_the_cli_exits_1_on_a_divergence_with_a_readable_report(db_url: st
     assert document["ok"] is False and document["instances"][0]["divergence"]["kind"] == "missing_step"
     unknown = await asyncio.to_thread(run, "replay", "tests.engine.replay_app:v1", "--db", db_url, "--workflow", "nope")
     assert unknown.exit_code == 2 and "APP has no workflow named 'nope'" in unknown.output
+
+
+def test_replay_on_an_older_sqlite_file_says_which_layouts_and_changes_nothing(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"
+    shutil.copy(UPGRADE_DATA / "sqlite-layout3.db", old)
+    before = old.read_bytes()
+    done = CliRunner().invoke(main, ["replay", "tests.engine.replay_app:v1", "--db", f"sqlite:///{old}"])
+    assert done.exit_code != 0 and "Traceback" not in done.output
+    assert f"has layout 3 and this Perdure reads layout {SQLITE_LAYOUT}" in done.output
+    assert old.read_bytes() == before  # a replay check never upgrades the copy it reads
+
+
+def test_replay_on_a_postgresql_schema_of_a_newer_perdure_says_which_versions(request: pytest.FixtureRequest) -> None:
+    from tests.pg import fresh_schema_url
+
+    url = fresh_schema_url(request)
+    schema = dict(parse_qsl(urlparse(url).query))["schema"]
+
+    async def migrated_by_a_newer_perdure() -> None:
+        engine = Engine(url)
+        await engine.start()
+        await engine.stop()
+        async with await psycopg.AsyncConnection.connect(server_url(), autocommit=True) as conn:
+            await conn.execute(
+                sql.SQL(
+                    "INSERT INTO {}.schema_migrations (version, description, applied_at) VALUES (%s, %s, 0)"
+                ).format(sql.Identifier(schema)),
+                (PG_LATEST + 1, "from the future"),
+            )
+
+    asyncio.run(migrated_by_a_newer_perdure())
+    done = CliRunner().invoke(main, ["replay", "tests.engine.replay_app:v1", "--db", url])
+    assert done.exit_code != 0 and "Traceback" not in done.output
+    assert f"is at migration {PG_LATEST + 1}, but this Perdure knows only up to {PG_LATEST}" in done.output
