@@ -295,3 +295,71 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         if profile:
             with contextlib.suppress(OSError):
                 shutil.rmtree(profile)
+
+
+#: A page fits the phone when nothing widens it past the viewport (tables scroll in their box).
+FITS = "return [document.documentElement.scrollWidth, window.innerWidth]"
+#: Whether an input shows its whole placeholder: the text's width against the box's inner width.
+PLACEHOLDER_FITS = """
+const input = arguments[0], style = getComputedStyle(input);
+const context = document.createElement("canvas").getContext("2d");
+context.font = style.font;
+const inner = input.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+return [context.measureText(input.placeholder).width, inner];
+"""
+
+
+async def test_dashboard_fits_a_390_px_phone(engine: Engine, served: str, artifacts: Path) -> None:
+    """At 390 px wide no dashboard page scrolls sideways, the instance-id search shows its whole
+    placeholder, and the step kinds are drawn (SVG), not characters a font may lack."""
+    from selenium.webdriver.common.by import By
+
+    driver = await asyncio.to_thread(_browser)
+    api = httpx.AsyncClient(base_url=served)
+    try:
+        # not "mobile": a phone's browser would zoom out to fit a too-wide page, hiding the fault
+        metrics = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": False}
+        await asyncio.to_thread(driver.execute_cdp_cmd, "Emulation.setDeviceMetricsOverride", metrics)
+        long_id = "order-2026-12-04-customer-0000012345-retry"
+        await api.post("/api/workflows/flaky/instances", json={"id": "phone-flaky"})
+        await api.post("/api/workflows/approval/instances", json={"id": long_id, "params": {"order": 7}})
+        await api.post("/api/workflows/fails/instances", json={"id": "phone-fails"})
+        await wait_status(api, "flaky", "phone-flaky", "complete")
+        await wait_status(api, "approval", long_id, "waiting")
+        await wait_status(api, "fails", "phone-fails", "errored")
+        pages = {
+            "workflows": "/dashboard/",
+            "instances": "/dashboard/workflows/approval",
+            "instance-timeline": "/dashboard/workflows/flaky/instances/phone-flaky",
+            "instance-waiting": f"/dashboard/workflows/approval/instances/{long_id}",
+            "instance-errored": "/dashboard/workflows/fails/instances/phone-fails",
+        }
+        for name, path in pages.items():
+            await asyncio.to_thread(driver.get, served + path)
+            await until(lambda: driver.find_elements(By.CSS_SELECTOR, "main h1"))
+            scroll_width, inner_width = await asyncio.to_thread(driver.execute_script, FITS)
+            assert inner_width == 390, inner_width
+            await asyncio.to_thread(driver.save_screenshot, str(artifacts / f"dashboard-390-{name}.png"))
+            assert scroll_width <= inner_width, f"{path} scrolls sideways: {scroll_width} > {inner_width}"
+            if name == "instances":
+                box = driver.find_element(By.ID, "id-search")
+                text_width, inner = await asyncio.to_thread(driver.execute_script, PLACEHOLDER_FITS, box)
+                assert text_width <= inner, f"the placeholder is cut: {text_width:.0f} px of text in {inner:.0f} px"
+            if name.startswith("instance-"):
+                kinds = driver.find_elements(By.CSS_SELECTOR, ".tl-label .kind")
+                assert kinds and all(k.find_elements(By.CSS_SELECTOR, "svg") and not k.text for k in kinds)
+        # the confirmation page too
+        await asyncio.to_thread(driver.get, served + pages["instance-waiting"])
+        await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-terminate").click())
+        await until(lambda: driver.find_elements(By.ID, "confirm"))
+        scroll_width, inner_width = await asyncio.to_thread(driver.execute_script, FITS)
+        await asyncio.to_thread(driver.save_screenshot, str(artifacts / "dashboard-390-confirm.png"))
+        assert scroll_width <= inner_width
+        assert await asyncio.to_thread(csp_violations, driver) == []
+    finally:
+        await api.aclose()
+        profile = getattr(driver, "__perdure_profile", None)
+        await asyncio.to_thread(driver.quit)
+        if profile:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(profile)
