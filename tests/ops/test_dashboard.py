@@ -341,6 +341,8 @@ async def test_dashboard_fits_a_390_px_phone(engine: Engine, served: str, artifa
             assert inner_width == 390, inner_width
             await asyncio.to_thread(driver.save_screenshot, str(artifacts / f"dashboard-390-{name}.png"))
             assert scroll_width <= inner_width, f"{path} scrolls sideways: {scroll_width} > {inner_width}"
+            emoji = r"return document.body.innerText.match(/[\p{Extended_Pictographic}\u{FE0F}]/gu)"
+            assert await asyncio.to_thread(driver.execute_script, emoji) is None, f"emoji on {path}"
             if name == "instances":
                 box = driver.find_element(By.ID, "id-search")
                 text_width, inner = await asyncio.to_thread(driver.execute_script, PLACEHOLDER_FITS, box)

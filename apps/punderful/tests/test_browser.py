@@ -245,3 +245,93 @@ def test_a_fresh_site_has_puns_from_its_first_start(browser: Any, tmp_path: Path
         shot(driver, "9-first-run-similar")
     finally:
         server.stop()
+
+
+#: Characters drawn as emoji (empty boxes where no colour-emoji font is installed), in the page's
+#: text or in a CSS ::before/::after content.
+EMOJI_ON_PAGE = r"""
+const emoji = /[\p{Extended_Pictographic}\u{FE0F}]/u;
+const found = [];
+if (emoji.test(document.body.innerText)) found.push(document.body.innerText.match(emoji)[0]);
+for (const node of document.querySelectorAll("*")) {
+  for (const pseudo of ["::before", "::after"]) {
+    const content = getComputedStyle(node, pseudo).content;
+    if (content && emoji.test(content)) found.push(`${node.tagName}${pseudo} ${content}`);
+  }
+}
+return found;
+"""
+FITS = "return [document.documentElement.scrollWidth, window.innerWidth]"
+
+
+def test_the_pages_fit_a_390_px_phone_and_draw_icons_not_emoji(browser: Any, tmp_path: Path) -> None:
+    """At 390 px wide no Punderful page scrolls sideways; the nav, like, open, glove and trending
+    icons are inline SVG and the step ticks are drawn in CSS, so no page shows an emoji."""
+    from selenium.webdriver.common.by import By
+
+    data_dir = tmp_path / "data"
+    server = ServerProcess(data_dir, log=tmp_path / "server.log")
+    driver = browser
+    # not "mobile": a phone's browser would zoom out to fit a too-wide page, hiding the fault
+    metrics = {"width": 390, "height": 844, "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    try:
+        seed(data_dir, server.url)
+
+        def check(name: str) -> None:
+            scroll_width, inner_width = driver.execute_script(FITS)
+            assert inner_width == 390, inner_width
+            shot(driver, f"390-{name}")
+            assert scroll_width <= inner_width, f"{name} scrolls sideways: {scroll_width} > {inner_width}"
+            assert driver.execute_script(EMOJI_ON_PAGE) == [], name
+            nav = driver.find_elements(By.CSS_SELECTOR, ".site-header nav a")
+            assert nav and all(a.find_elements(By.CSS_SELECTOR, "svg.icon") for a in nav)
+
+        driver.get(server.url)
+        cards = wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#latest .pun-card"), what="puns")
+        assert cards[0].find_elements(By.CSS_SELECTOR, "button.like svg.icon-heart")
+        assert cards[0].find_elements(By.CSS_SELECTOR, "a.open svg.icon-link")
+        check("home")
+        # a like, so that Trending (a heart and a flame) and My page's likes have something
+        pun_id = cards[0].get_attribute("data-pun-id")
+        driver.get(server.url + f"puns/{pun_id}")
+        like = driver.find_element(By.CSS_SELECTOR, ".pun-detail button.like")
+        like.click()
+        wait_for(driver, lambda d: d.find_element(By.CSS_SELECTOR, ".pun-detail .likes").text == "1", what="a like")
+        assert "liked" in (like.get_attribute("class") or "")
+        assert like.find_element(By.CSS_SELECTOR, "svg").value_of_css_property("fill") == "rgb(229, 57, 53)"
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#similar .pun-card"), what="similar puns")
+        driver.find_element(By.CSS_SELECTOR, "#workflow-details summary").click()
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#workflow-steps tr"), what="the steps table")
+        check("pun")
+        with httpx.Client(base_url=server.url) as http:  # a leaderboard run now, not in 30 minutes
+            http.post("/perdure/api/workflows/leaderboard/instances", json={})
+        driver.get(server.url)
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".trending li") or d.refresh(), what="trending")
+        assert driver.find_elements(By.CSS_SELECTOR, "#trending-title svg.icon-flame")
+        check("home-trending")
+
+        driver.get(server.url + "search")
+        driver.find_element(By.CSS_SELECTOR, "input[placeholder='Search for a pun...']").send_keys("cheese")
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results .pun-card"), what="hits")
+        check("search")
+
+        driver.get(server.url + "new")
+        driver.find_element(By.ID, "pun-input").send_keys(PUN)
+        driver.find_element(By.ID, "submit-pun").click()
+        status = wait_for(driver, lambda d: d.find_element(By.ID, "submission-status"), what="the status panel")
+        wait_for(driver, lambda d: status.text == "published", timeout=60, what="the pun to be published")
+        ticks = driver.find_elements(By.CSS_SELECTOR, "#submission-steps li.complete")
+        assert ticks
+        tick = driver.execute_script(
+            "const s = getComputedStyle(arguments[0], '::before'); return [s.content, s.borderRightWidth];", ticks[0]
+        )
+        assert tick == ['""', "3px"], tick  # the check mark is a CSS border, not a character
+        check("new-published")
+
+        driver.get(server.url + "me")
+        wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#liked .pun-card") or d.refresh(), what="likes")
+        check("me")
+    finally:
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        server.stop()

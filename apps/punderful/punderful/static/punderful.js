@@ -22,6 +22,18 @@ async function api(path, options = {}) {
   return data;
 }
 
+/** A copy of an inline SVG icon from base.html's <template id="icons"> (no emoji, no markup strings). */
+function icon(name, label) {
+  const found = document.getElementById("icons")?.content.querySelector(`svg[data-icon="${name}"]`);
+  const svg = found ? found.cloneNode(true) : document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  if (label) {
+    svg.removeAttribute("aria-hidden");
+    svg.setAttribute("role", "img");
+    svg.setAttribute("aria-label", label);
+  }
+  return svg;
+}
+
 function el(tag, className, text) {
   const node = document.createElement(tag);
   if (className) node.className = className;
@@ -40,12 +52,16 @@ function createPunBox(pun, { showStatus = false, preview = false } = {}) {
   if (lines.length > 1) {
     const punchline = el("p", "punchline");
     for (const line of lines.slice(1)) punchline.append(el("span", "line pending", line));
-    text.append(punchline, el("span", "glove", "🥊"));
+    const glove = el("span", "glove");
+    glove.setAttribute("aria-hidden", "true");
+    glove.append(icon("glove"));
+    text.append(punchline, glove);
   }
   card.append(text);
   const footer = el("footer");
   if (pun.status === "published") {
-    const like = el("button", "like" + (pun.liked ? " liked" : ""), pun.liked ? "❤️" : "🤍");
+    const like = el("button", "like" + (pun.liked ? " liked" : ""));
+    like.append(icon("heart", "Like"));
     like.type = "button";
     like.title = "Like";
     like.setAttribute("aria-pressed", pun.liked ? "true" : "false");
@@ -60,7 +76,8 @@ function createPunBox(pun, { showStatus = false, preview = false } = {}) {
     footer.append(score);
   }
   if (!preview && pun.url) {
-    const open = el("a", "open", "🔗");
+    const open = el("a", "open");
+    open.append(icon("link", "Open this pun"));
     open.href = pun.url;
     open.title = "Open this pun";
     footer.append(open);
@@ -87,7 +104,6 @@ function wireLike(button, punId) {
   button.addEventListener("click", async () => {
     if (button.classList.contains("liked")) return;
     button.classList.add("liked");
-    button.textContent = "❤️";
     button.setAttribute("aria-pressed", "true");
     const counter = button.parentElement.querySelector(".likes");
     try {
@@ -95,7 +111,6 @@ function wireLike(button, punId) {
       if (counter && !result.alreadyLiked) counter.textContent = String(Number(counter.textContent) + 1);
     } catch (error) {
       button.classList.remove("liked");
-      button.textContent = "🤍";
       button.setAttribute("aria-pressed", "false");
       alert(`Could not like this pun: ${error.message}`);
     }
