@@ -47,7 +47,8 @@ def embedder() -> LocalEmbedder:
 
 @dataclass
 class OpenAIStandIn:
-    """A tiny OpenAI-compatible HTTP server for tests (not a mock: real HTTP).
+    """A test double of an OpenAI-compatible LLM server: a tiny real HTTP server whose answers
+    the test sets (the "stand-in LLM server" of the tests; not a mock of the client code).
 
     * ``POST /v1/embeddings`` embeds with the local model, so results can be
       compared with :class:`LocalEmbedder`.
