@@ -266,13 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                 s = bm25.scores(items[q]["query"])
                 return ranked(s, s > 0)
 
+            def prefix_ranking(q: int, prefixed: NDArray[np.float32] = prefixed) -> list[int]:
+                return ranked(prefixed[q])
+
             methods: dict[str, Ranker] = {
                 "app_search": lambda q: thresholded(q, threshold),
                 "search_before": lambda q: thresholded(q, FORMER_THRESHOLD),
                 "vector_unthresholded": vector_ranking,
                 "bm25": bm25_ranking,
                 "hybrid_rrf": lambda q: rrf([vector_ranking(q), bm25_ranking(q)], len(puns)),
-                "query_prefix": lambda q, prefixed=prefixed: ranked(prefixed[q]),
+                "query_prefix": prefix_ranking,
             }
             results[half] = {}
             for method, rank in methods.items():

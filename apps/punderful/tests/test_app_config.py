@@ -18,7 +18,7 @@ def test_defaults_are_offline_and_local(tmp_path: Path) -> None:
     assert config.engine_url == f"sqlite:///{(tmp_path / 'perdure.db').resolve()}"
     assert config.app_db_path == tmp_path / "punderful.db" and config.vectors_path == tmp_path / "vectors.db"
     assert not config.uses_postgres
-    assert (config.search_threshold, config.similar_threshold) == (0.25, 0.35)
+    assert (config.search_threshold, config.similar_threshold) == (0.19, 0.35)
     assert config.port == 8787 and config.host == "127.0.0.1"
 
 
