@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 
 from croniter import croniter
 
+from ._cancel import reraise_if_cancelling
 from .binding import WorkflowBinding
 from .clock import Clock
 from .errors import ValidationError
@@ -57,5 +58,6 @@ async def run_schedule(binding: WorkflowBinding, clock: Clock, expression: str) 
                 schedule={"cron": expression, "scheduled_time": when},
             )
         except Exception:
+            reraise_if_cancelling()
             log.exception("perdure: cron firing %s of %s failed", expression, binding.name)
         after = when

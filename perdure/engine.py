@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import validators
+from ._cancel import reraise_if_cancelling
 from .binding import WorkflowBinding
 from .clock import Clock, SystemClock
 from .context import Step, Stop
@@ -366,6 +367,7 @@ class Engine:
             except asyncio.CancelledError:
                 raise
             except Exception:  # a database hiccup must not kill the worker
+                reraise_if_cancelling()
                 log.exception("perdure dispatcher error; retrying")
                 await asyncio.sleep(min(1.0, self.poll_interval * 10))
                 claim_now = True
@@ -395,6 +397,7 @@ class Engine:
                 await self._renew_leases()
                 renewed = time.monotonic()
             except Exception:
+                reraise_if_cancelling()
                 log.exception("perdure could not renew its leases; retrying")
                 if time.monotonic() - renewed > self.lease_ttl / 2:
                     log.warning(
@@ -416,6 +419,7 @@ class Engine:
                     renewed = await self.store.renew_leases(self.owner, pks, time.time() + self.lease_ttl)
                 break
             except Exception:
+                reraise_if_cancelling()
                 if attempt == 2:
                     raise
                 await asyncio.sleep(0.05)

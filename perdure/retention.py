@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ._cancel import reraise_if_cancelling
 from .durations import parse_duration
 from .errors import ValidationError
 
@@ -110,8 +111,6 @@ class RetentionSweep:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("perdure retention sweep failed; retrying")
-            task = asyncio.current_task()
-            if task is not None and task.cancelling():
-                raise asyncio.CancelledError  # a driver swallowed our cancellation: stop anyway
             await asyncio.sleep(self.every)

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ._cancel import reraise_if_cancelling
 from .errors import ValidationError
 
 if TYPE_CHECKING:
@@ -169,6 +170,7 @@ class Deliveries:
             except asyncio.CancelledError:
                 raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("perdure subscriptions: delivery failed; retrying")
             try:
                 async with asyncio.timeout(self.poll):
@@ -208,6 +210,7 @@ class Deliveries:
                 try:
                     await self._to_target(cursor.sub, message(row))
                 except Exception:
+                    reraise_if_cancelling()
                     cursor.failures += 1
                     pause = min(30.0, 0.1 * 2**cursor.failures)
                     cursor.retry_at = time.monotonic() + pause

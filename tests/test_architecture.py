@@ -15,7 +15,7 @@ DRIVERS = {"sqlite3", "sqlean", "psycopg", "psycopg_pool"}
 # Lower layers never import higher ones: cli / server -> triggers -> engine -> store -> vocabulary.
 LAYERS = {"vocabulary": 0, "store": 1, "engine": 2, "triggers": 3, "server": 4, "cli": 5}
 # The words every layer may use; `_optional` (which extra a feature needs) depends only on errors.
-VOCABULARY = {"perdure.records", "perdure.errors", "perdure._optional"}
+VOCABULARY = {"perdure.records", "perdure.errors", "perdure._optional", "perdure._cancel"}
 SQL_TEXT = re.compile(r"\b(SELECT\s.+\sFROM|INSERT\s+INTO|UPDATE\s+\w+\s+SET|DELETE\s+FROM|CREATE\s+TABLE)\b", re.I)
 
 

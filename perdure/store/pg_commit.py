@@ -41,6 +41,7 @@ from psycopg import AsyncConnection
 from psycopg.pq import TransactionStatus
 from psycopg_pool import AsyncConnectionPool
 
+from .._cancel import reraise_if_cancelling
 from ..errors import Fenced, PerdureError
 from .batching import Unexpected, last_per_key, settle
 from .sql import Tx
@@ -51,18 +52,6 @@ Conn = AsyncConnection[tuple[Any, ...]]
 Outcome = tuple[Any, BaseException | None]
 WriteFn = Callable[[Conn], Awaitable[Any]]
 GroupFn = Callable[[Conn, Sequence["Write"]], Awaitable[list[Outcome]]]
-
-
-def reraise_cancellation() -> None:
-    """Raise CancelledError if the current task is being cancelled.
-
-    psycopg answers a cancellation in the middle of a query by cancelling the query on the
-    server, and what reaches us can be ``QueryCanceled`` (an ``OperationalError``) rather than
-    ``CancelledError``: a retry loop that caught it would swallow the cancellation and keep the
-    task (and ``Engine.stop``) alive. Every ``except`` that retries or reports calls this first."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class Write:
@@ -158,14 +147,14 @@ class Transactions:
             except Unexpected:
                 savepoints = True  # rolled back: redo it with each write on its own
             except _Transient as exc:
-                reraise_cancellation()
+                reraise_if_cancelling()
                 retry = not exc.ambiguous or all(w.idempotent for w in writes)
                 if not retry or tries >= len(self.retry_delays):
                     return [(None, exc.error)] * len(writes)
                 await self.recover(self.retry_delays[tries])
                 tries += 1
             except Exception as exc:
-                reraise_cancellation()
+                reraise_if_cancelling()
                 return [(None, exc)] * len(writes)
 
     async def read(self, query: str, params: Any = ()) -> list[tuple[Any, ...]]:
@@ -180,7 +169,7 @@ class Transactions:
                     cur = await conn.execute(query, params)
                     return await cur.fetchall()
             except psycopg.OperationalError:
-                reraise_cancellation()
+                reraise_if_cancelling()
                 if tries >= len(self.retry_delays):
                     raise
                 await self.recover(self.retry_delays[tries])

@@ -17,6 +17,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from .._cancel import reraise_if_cancelling
 from ..errors import ValidationError
 from .pg_commit import Conn, Outcome, Write
 from .pg_sql import COMPACT_COUNTS, COUNTS
@@ -90,6 +91,7 @@ class CountFolder:
         try:
             await self.fold()
         except Exception as exc:
+            reraise_if_cancelling()
             if not self._warned:
                 self._warned = True
                 log.warning("perdure: cannot fold the instance counts' deltas (retried later): %s", exc)

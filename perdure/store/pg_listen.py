@@ -18,6 +18,8 @@ from collections.abc import Callable
 
 from psycopg import AsyncConnection, sql
 
+from .._cancel import reraise_if_cancelling
+
 log = logging.getLogger("perdure.postgres")
 
 
@@ -68,6 +70,7 @@ class Listener:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
+                reraise_if_cancelling()
                 if self.connected:  # it was working: say so once, then retry quietly
                     log.warning("perdure: LISTEN connection lost (%s); reconnecting", exc)
                     backoff = 0.1

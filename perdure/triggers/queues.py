@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Self
 
 from .. import validators
+from .._cancel import reraise_if_cancelling
 from ..binding import WorkflowBinding
 from ..engine import Engine
 from ..errors import ValidationError
@@ -308,6 +309,7 @@ class QueueConsumer(BackgroundConsumer):
             except asyncio.CancelledError:
                 raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("queue %s: consumer error; retrying", self.queue.name)
                 handled = 0
             if handled == 0:

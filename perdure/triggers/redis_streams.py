@@ -33,6 +33,7 @@ import re
 import socket
 from typing import Any
 
+from .._cancel import reraise_if_cancelling
 from .queues import BackgroundConsumer, Handler, Message
 
 log = logging.getLogger("perdure.redis")
@@ -183,6 +184,7 @@ class RedisStreamConsumer(BackgroundConsumer):
             except asyncio.CancelledError:
                 raise
             except Exception:
+                reraise_if_cancelling()
                 log.exception("stream %s: consumer error; retrying", self.stream)
                 await asyncio.sleep(1.0)
 

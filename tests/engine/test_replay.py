@@ -43,8 +43,10 @@ async def sleeping_instance(db_url: str, make_engine: Make, instance_id: str = "
 
 async def reports_for(db_url: str, version: str) -> list[dict[str, Any]]:
     engine = engine_for(version, db_url)
-    store = await engine.ensure_store()
-    return [r.as_dict() for r in await check(store, engine.workflows)]
+    try:
+        return [r.as_dict() for r in await check(await engine.ensure_store(), engine.workflows)]
+    finally:
+        await engine.stop()  # closes the store it opened
 
 
 @pytest.mark.parametrize(

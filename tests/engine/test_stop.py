@@ -52,3 +52,24 @@ async def test_cancel_until_done_cancels_again_a_task_that_swallowed_the_first_c
         task.cancel()
     await asyncio.wait_for(_cancel_until_done(tasks), 5.0)
     assert swallowed == [1] and all(task.cancelled() for task in tasks)
+
+
+async def test_the_listener_stops_when_a_driver_turns_its_cancellation_into_an_error() -> None:
+    from perdure.store.pg_listen import Listener
+
+    listening = asyncio.Event()
+
+    class ListenerDouble(Listener):
+        """Test double: LISTEN that raises an ordinary error when cancelled, as psycopg can."""
+
+        async def _listen(self) -> None:
+            listening.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                raise OSError("connection closed while cancelling") from None
+
+    listener = ListenerDouble("host=nowhere", "channel", ignore="token", on_notify=lambda: None)
+    listener.start()
+    await listening.wait()
+    await asyncio.wait_for(listener.stop(), 2.0)
