@@ -45,7 +45,7 @@ class LongHistory(WorkflowEntrypoint):
         total = event.payload["steps"]
         for k in range(total):
 
-            def mark(k: int = k) -> None:
+            async def mark(k: int = k) -> None:  # async: a plain function would run in a thread
                 STEP_AT[k] = time.perf_counter()
 
             await step.do("step", mark)

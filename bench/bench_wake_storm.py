@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench_engine import STEPS, TenSteps, percentile
+from bench_engine import STEPS, TenSteps, noop, percentile
 from bench_sleepers import rss_mib
 
 from perdure import Engine, WorkflowEntrypoint
@@ -41,7 +41,7 @@ from perdure.binding import WorkflowBinding
 RAN_AT: list[float] = []  # wall-clock start of each storm step (this process runs them all)
 
 
-def record_time() -> None:
+async def record_time() -> None:  # async, as bench_engine's no-op: a plain function would run in a thread
     RAN_AT.append(time.time())
 
 
@@ -53,7 +53,7 @@ class Storm(WorkflowEntrypoint):
 
 class OneStep(WorkflowEntrypoint):
     async def run(self, event: Any, step: Any) -> None:
-        await step.do("work", lambda: None)
+        await step.do("work", noop)
 
 
 async def create_all(binding: WorkflowBinding, n: int, params: dict[str, Any] | None = None) -> None:
