@@ -22,6 +22,9 @@ connections. That the client is not the bottleneck shows in the output: the base
 requests/s against the creates', and the client processes' CPU (``client_cpu_pct``: CPU seconds
 over wall seconds, per process) next to the server's (``server_cpu_pct``, from /proc).
 
+``PERDURE_BENCH_DURABILITY=normal`` opens the SQLite store with ``durability="normal"`` (no fsync per
+commit) instead of the default ``"full"``, to see what the fsync costs.
+
 Reported per run: requests/s, latency p50/p99 (ms, from write to the end of the response body),
 errors (non-2xx answers or broken connections; must be 0), the ratio to the baseline, and the
 target (>= 40% of the baseline's requests/s and p99 <= 50 ms), with ``os.getloadavg()``.
@@ -73,7 +76,8 @@ def serve(url: str, port: int) -> None:
         async def run(self, event: Any, step: Any) -> None:
             await step.do("noop", noop)
 
-    engine = Engine(url)
+    durability = os.environ.get("PERDURE_BENCH_DURABILITY")  # SQLite only; default "full"
+    engine = Engine(url, durability=durability) if durability else Engine(url)
     engine.register(OneStep, name=WORKFLOW)
     app = create_app(engine, allowed_hosts=LOOPBACK_NAMES)
 
