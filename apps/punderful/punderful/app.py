@@ -33,7 +33,7 @@ from punderful.services import Services, open_services
 from punderful.workflows import publish_params, register_workflows
 
 if TYPE_CHECKING:
-    from perdure import WorkflowBinding
+    from perdure import Instance, WorkflowBinding
     from starlette.types import ASGIApp
 
 __all__ = ["InputError", "Punderful", "ScoredPun", "clean_pun", "import_id"]
@@ -129,6 +129,8 @@ class Punderful:
         self.bindings: dict[str, WorkflowBinding] = {}
         #: Where the perdure dashboard/API is mounted, if the package provides one.
         self.perdure_mount: str | None = None
+        #: Small jobs started by requests (see :meth:`like`), cancelled by :meth:`stop`.
+        self._tasks: set[asyncio.Task[None]] = set()
         from punderful.web import create_web_app
 
         self.asgi: ASGIApp = create_web_app(self)
@@ -164,6 +166,10 @@ class Punderful:
 
     async def stop(self) -> None:
         """Stop the workers (running instances resume on the next start) and close everything."""
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.engine.stop()
         if self._services is not None:
             await asyncio.to_thread(self._services.close)
@@ -286,10 +292,23 @@ class Punderful:
             raise InputError("not_published", "only published puns can be liked", 409)
         params = {"userId": identity, "punId": pun_id, "interactionType": "like"}
         try:
-            await self.bindings["interaction"].create(id=like_instance_id(identity, pun_id), params=params)
+            liked = await self.bindings["interaction"].create(id=like_instance_id(identity, pun_id), params=params)
         except InstanceAlreadyExistsError:
             return False
+        if self.config.workers and not (await self.trending())[0]:
+            task = asyncio.create_task(self._first_trends(liked))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
         return True
+
+    async def _first_trends(self, like: Instance) -> None:
+        """Nothing was trending when this like came (a new site): once it is recorded, run the
+        leaderboard now rather than at the next half hour, so Trending shows the first likes."""
+        try:
+            await like.wait(timeout=60)
+            await self.bindings["leaderboard"].create()
+        except Exception as exc:  # the cron run catches up; a like must not fail for this
+            log.warning("could not refresh the leaderboard after a first like: %r", exc)
 
     async def record_view(self, pun_id: str, identity: str) -> None:
         """Start an ``interaction`` instance for a detail-page view (as the original did)."""

@@ -354,3 +354,21 @@ async def test_the_dashboard_disables_pause_resume_terminate_on_a_completed_inst
     for action in ("pause", "resume", "terminate"):
         assert f'id="action-{action}" class="{"danger" if action == "terminate" else ""}" disabled' in page
     assert 'id="action-restart" class="">' in page
+
+
+async def test_a_new_sites_first_like_fills_trending_without_waiting_for_the_cron(
+    app: Punderful, client: httpx.AsyncClient
+) -> None:
+    db = app.services.db
+    await eventually(lambda: db.get_trends() is not None)  # the start's leaderboard run: nothing liked
+    assert db.get_trends() == ([], db.get_trends()[1])  # type: ignore[index]
+    home = (await client.get("/")).text
+    assert 'id="trending-empty"' in home and 'class="trending-list"' not in home
+    (pun,) = await publish_all(app, client, [CHEESE])
+    await client.post(f"/api/puns/{pun['id']}/like")
+    # no leaderboard instance is created by the test: the like starts one, as nothing trended
+    await eventually(lambda: (db.get_trends() or ([], ""))[0])
+    trending = (await client.get("/api/puns/trending")).json()["results"]
+    assert trending == [{"punId": pun["id"], "pun": CHEESE, "likes": 1}]
+    home = (await client.get("/")).text
+    assert 'class="trending-list"' in home and CHEESE.split("\n")[0] in home

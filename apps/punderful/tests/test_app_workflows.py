@@ -242,7 +242,7 @@ async def test_leaderboard_ranks_recent_likes_and_runs_on_a_cron(app: Punderful,
     steps = await app.engine.store.load_steps(run.pk)
     assert [s.name for s in steps] == ["gather-trending-posts", "store-trends"]
     home = await client.get("/")
-    assert "Trending" in home.text
+    assert 'class="trending-list"' in home.text and 'id="trending-empty"' not in home.text
 
 
 # -- puntificator ---------------------------------------------------------------------------------

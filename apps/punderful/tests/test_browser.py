@@ -211,7 +211,8 @@ def test_write_publish_search_open_and_see_similar_puns(browser: Any, tmp_path: 
 def test_a_fresh_site_has_puns_from_its_first_start(browser: Any, tmp_path: Path) -> None:
     """``python -m punderful`` on a new database (as ``bash run.sh`` starts it): the bundled puns
     are imported through the publish workflow, so the home page, search and Similar Puns have
-    content within the first minute, without running the import by hand."""
+    content within the first minute, without running the import by hand; the first like puts
+    a pun in Trending at once."""
     from selenium.webdriver.common.by import By
 
     server = ServerProcess(tmp_path / "data", log=tmp_path / "server.log", seed=True)
@@ -243,6 +244,19 @@ def test_a_fresh_site_has_puns_from_its_first_start(browser: Any, tmp_path: Path
         driver.get(server.url + f"puns/{first_id}")
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#similar .pun-card"), what="similar puns")
         shot(driver, "9-first-run-similar")
+
+        # Trending is empty until someone likes a pun; the site's first like fills it at once
+        driver.get(server.url)
+        assert driver.find_element(By.ID, "trending-empty").is_displayed()
+        driver.get(server.url + f"puns/{first_id}")
+        driver.find_element(By.CSS_SELECTOR, ".pun-detail button.like").click()
+        driver.get(server.url)
+        trending = wait_for(
+            driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".trending-list li") or d.refresh(), what="trending"
+        )
+        assert first_id in (trending[0].find_element(By.TAG_NAME, "a").get_attribute("href") or "")
+        assert time.monotonic() - started < 60, "the site was not alive within its first minute"
+        shot(driver, "10-first-run-trending")
     finally:
         server.stop()
 
@@ -304,9 +318,7 @@ def test_the_pages_fit_a_390_px_phone_and_draw_icons_not_emoji(browser: Any, tmp
         driver.find_element(By.CSS_SELECTOR, "#workflow-details summary").click()
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, "#workflow-steps tr"), what="the steps table")
         check("pun")
-        with httpx.Client(base_url=server.url) as http:  # a leaderboard run now, not in 30 minutes
-            http.post("/perdure/api/workflows/leaderboard/instances", json={})
-        driver.get(server.url)
+        driver.get(server.url)  # the site's first like ran the leaderboard
         wait_for(driver, lambda d: d.find_elements(By.CSS_SELECTOR, ".trending li") or d.refresh(), what="trending")
         assert driver.find_elements(By.CSS_SELECTOR, "#trending-title svg.icon-flame")
         check("home-trending")
