@@ -231,9 +231,10 @@ class Engine:
             await _cancel_until_done([*self._background, *running])
             self._background.clear()
             self._started = False
-        if self._store_open:
-            await self.store.close()
-            self._store_open = False
+        # Always: the store also opens itself on first use (a binding or a read through
+        # engine.store before start), and its pools and listener must not outlive stop().
+        await self.store.close()
+        self._store_open = False
 
     async def __aenter__(self) -> Engine:
         await self.start()

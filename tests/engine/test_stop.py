@@ -73,3 +73,16 @@ async def test_the_listener_stops_when_a_driver_turns_its_cancellation_into_an_e
     listener.start()
     await listening.wait()
     await asyncio.wait_for(listener.stop(), 2.0)
+
+
+async def test_stop_closes_a_store_that_opened_itself_on_first_use(make_engine: Any) -> None:
+    """A read through ``engine.store`` on an engine never started opens the store's pools (and,
+    on PostgreSQL, its listener); ``stop()`` must close them, or the test's event loop waits at
+    teardown for tasks nobody stops (CI hung here once)."""
+    engine = make_engine()
+    assert await engine.store.get_instance("nothing", "x") is None  # opens the store itself
+    await engine.stop()
+    if hasattr(engine.store, "_pools"):
+        assert not engine.store._pools.is_open
+    else:
+        assert engine.store._conn is None
