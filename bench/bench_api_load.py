@@ -49,12 +49,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlparse, urlunparse
+
+from bench_postgres import DEFAULT_URL, drop_schema, with_schema  # bench/ is on the path
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_PG = os.environ.get(
-    "PERDURE_BENCH_PG_URL", os.environ.get("PERDURE_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
-)
 WORKFLOW = "bench"
 BODY = b'{"params": {"n": 1}}'
 
@@ -223,12 +221,6 @@ def run(url: str, args: argparse.Namespace) -> dict[str, Any]:
         server.wait(30)
 
 
-def with_schema(url: str, schema: str) -> str:
-    parts = urlparse(url)
-    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "schema"] + [("schema", schema)]
-    return urlunparse(parts._replace(query=urlencode(query)))
-
-
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] == "--serve":
         serve(sys.argv[2], int(sys.argv[3]))
@@ -237,7 +229,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--clients", type=int, default=2)
-    parser.add_argument("--postgres", nargs="?", const=DEFAULT_PG, default=None)
+    parser.add_argument("--postgres", nargs="?", const=DEFAULT_URL, default=None)
     parser.add_argument("--no-sqlite", action="store_true")
     args = parser.parse_args()
     report: dict[str, Any] = {
@@ -248,15 +240,11 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             report["sqlite"] = run(f"sqlite:///{tmp}/bench.db", args)
     if args.postgres:
-        import psycopg
-        from psycopg import sql
-
         schema = f"perdure_bench_{uuid.uuid4().hex[:12]}"
         try:
             report["postgres"] = run(with_schema(args.postgres, schema), args)
         finally:
-            with psycopg.connect(args.postgres, autocommit=True) as conn:
-                conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+            drop_schema(args.postgres, schema)
     print(json.dumps(report, indent=2))
 
 
