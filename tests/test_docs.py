@@ -101,7 +101,8 @@ def test_the_orders_example_runs_as_the_readme_says(tmp_path: Path) -> None:
 
     first = run_until(r"complete +\{.*'tracking': 'TRK", 40)
     earlier = re.findall(r"created ([0-9a-f-]{36})", first)
-    again = run_until(r"created ", 20)
+    # wait for the listing printed after the first create (stopping at "created " raced it)
+    again = run_until(r"created [^\n]*\n(  [0-9a-f]{8} [^\n]*\n){2}", 20)
     assert any(order[:8] in again for order in earlier)  # the same orders, read back from orders.db
 
 
