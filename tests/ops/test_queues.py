@@ -23,7 +23,9 @@ class FakeClock:
         return self.t
 
     async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(0)
+        # The engine races each step against clock.sleep(timeout): returning at once here made
+        # a step that took more than one loop turn (a pool thread) time out now and then.
+        await asyncio.sleep(seconds)
 
 
 @pytest.fixture
