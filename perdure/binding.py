@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
-from . import validators
+from . import flow, validators
 from .clock import Clock
 from .errors import InstanceNotFoundError, InvalidStateError, ValidationError
 from .records import TERMINAL, InstanceRecord, NewInstance
@@ -43,22 +43,36 @@ class EngineLink(Protocol):
         """Return when instance ``pk`` ends in this process, or after ``timeout`` seconds."""
 
 
+_CREATE_KEYS = frozenset({"id", "params", "retention", "concurrency_key", "priority"})
+
+
 def _new_instance(options: object, default: Retention | None, trigger: str, schedule: Any) -> NewInstance:
     if not isinstance(options, Mapping):
         raise ValidationError(
-            f"an instance to create must be a mapping {{'id'?, 'params'?, 'retention'?}}, got {type(options).__name__}"
+            "an instance to create must be a mapping {'id'?, 'params'?, 'retention'?, 'concurrency_key'?,"
+            f" 'priority'?}}, got {type(options).__name__}"
         )
-    unknown = set(options) - {"id", "params", "retention"}
+    unknown = set(options) - _CREATE_KEYS
     if unknown:
         raise ValidationError(
-            f"unknown key(s) {sorted(unknown)} in create options; allowed: 'id', 'params', 'retention'"
+            f"unknown key(s) {sorted(unknown)} in create options;"
+            " allowed: 'id', 'params', 'retention', 'concurrency_key', 'priority'"
         )
     instance_id = options.get("id")
     instance_id = str(uuid.uuid4()) if instance_id is None else validators.instance_id(instance_id)
     params = options.get("params")
     encoded = validators.encode_json({} if params is None else params, "create params")
     kept = parse_retention(options.get("retention")) or default or Retention()
-    return NewInstance(instance_id, encoded, trigger, schedule, kept.success, kept.error)
+    return NewInstance(
+        instance_id,
+        encoded,
+        trigger,
+        schedule,
+        kept.success,
+        kept.error,
+        flow.concurrency_key(options.get("concurrency_key")),
+        flow.priority(options.get("priority")),
+    )
 
 
 # Cloudflare's codes for a deleteBatch result it could not delete
@@ -85,18 +99,28 @@ class WorkflowBinding:
         id: str | None = None,
         params: Any = None,
         retention: Mapping[str, Any] | None = None,
+        concurrency_key: str | None = None,
+        priority: int | None = None,
     ) -> Instance:
         """Queue a new instance; ``id`` is generated when omitted. Also accepts Cloudflare's
         single mapping ``create({"id": ..., "params": ..., "retention": ...})``. ``retention``
         (``{"success_retention"?, "error_retention"?}``, durations; see :mod:`perdure.retention`)
-        deletes the instance that long after it finished. A duplicate id raises
-        :class:`~perdure.InstanceAlreadyExistsError`."""
+        deletes the instance that long after it finished. ``concurrency_key`` and ``priority``
+        (lower first, default 0) are its flow control (:mod:`perdure.flow`). A duplicate id
+        raises :class:`~perdure.InstanceAlreadyExistsError`."""
+        keywords = {
+            "id": id,
+            "params": params,
+            "retention": retention,
+            "concurrency_key": concurrency_key,
+            "priority": priority,
+        }
         if options is not None:
-            if id is not None or params is not None or retention is not None:
-                raise ValidationError("pass either a mapping or id=/params=/retention=, not both")
+            if any(value is not None for value in keywords.values()):
+                raise ValidationError("pass either a mapping or keyword arguments (id=, params=...), not both")
             item: Mapping[str, Any] = options
         else:
-            item = {"id": id, "params": params, "retention": retention}
+            item = keywords
         created = await self.create_many([item], skip_existing=False)
         return created[0]
 

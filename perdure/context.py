@@ -52,6 +52,7 @@ from .serde import error_info, rebuild_error
 from .tracing import span
 
 if TYPE_CHECKING:
+    from .flow import RateLimit
     from .store.base import Store
 
 
@@ -95,6 +96,7 @@ class Step:
         steps: list[StepRecord],
         step_limit: int,
         fast_wait: float,
+        rate_limits: Mapping[str, RateLimit] | None = None,
         lease: LeaseGate | None = None,
         replay_only: bool = False,
         observer: ReplayObserver | None = None,
@@ -120,6 +122,7 @@ class Step:
         self._do_calls = 0
         self._step_limit = step_limit
         self._fast_wait = fast_wait
+        self._rate_limits = rate_limits or {}  # engine.rate_limit()'s named limits (perdure.flow)
         self._dag = Declarations(self._run_do)
         self._rollbacks = Registry()
         self._active = 0
@@ -351,6 +354,8 @@ class Step:
                 await self._wait_until(record.wake_at)
                 record.wake_at = None
             number = len(record.attempts) + 1
+            if config.get("rate_limit") is not None:
+                await self._take_rate_slot(record, config["rate_limit"], number)
             ctx = {"step": {"name": record.name, "count": record.count}, "attempt": number, "config": shown}
             if self._marked:  # a concurrent branch waits in memory: the instance runs again
                 await self._mark_waiting(None)
@@ -406,6 +411,30 @@ class Step:
                 wait = 0.0
             record.wake_at = self._clock.now() + wait
             await self._save(record)
+
+    async def _take_rate_slot(self, record: StepRecord, name: str, number: int) -> None:
+        """Take attempt ``number``'s slot of the rate limit ``name``, or suspend the instance
+        until the slot it reserved (perdure.flow): it waits holding no worker, and finds the
+        same slot when it comes back (the holder names the step, its start and the attempt)."""
+        limit = self._rate_limits.get(name)
+        if limit is None:
+            known = ", ".join(repr(n) for n in sorted(self._rate_limits)) or "none"
+            raise ValidationError(
+                f"step {record.name!r}: config 'rate_limit' names {name!r}, which no engine.rate_limit() defined"
+                f" (defined: {known})"
+            )
+        holder = f"{self._pk}:{record.name}:{record.count}:{record.started_at!r}:{number}"
+        now = self._clock.now()
+        try:
+            at = await self._store.reserve_rate_slot(name, holder, limit.limit, limit.period, now)
+        except Exception as exc:
+            self.stopping = Stop("lost")
+            raise self.stopping from exc
+        if at <= now:
+            return
+        record.status = "waiting"  # for its slot; the history shows it, the instance is waiting
+        await self._save(record)  # durable: the holder (its started_at) must survive a crash
+        self._suspend(at)
 
     async def _call(self, fn: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
         # An attempt starts only under a fresh lease (see perdure.leases): after a stall the

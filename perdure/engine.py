@@ -45,9 +45,10 @@ from .cron import run_schedule, validate_cron
 from .entrypoint import WorkflowEntrypoint
 from .errors import Fenced, ValidationError, WorkflowNotFoundError
 from .event import WorkflowEvent, to_datetime
+from .flow import RateLimit, flow_limits, limits_as_dict, parse_rate_limit, rate_limit_name
 from .leases import LeaseGate
 from .modifiers import lookup as modifiers_of
-from .records import COMPLETE, ERRORED, TERMINAL, TERMINATED, InstanceRecord, WorkflowRecord
+from .records import COMPLETE, ERRORED, TERMINAL, TERMINATED, FlowLimits, InstanceRecord, WorkflowRecord
 from .retention import RetentionSweep, parse_retention
 from .serde import error_info, rebuild_error
 from .store import Store, open_store
@@ -55,6 +56,10 @@ from .subscriptions import Deliveries, Subscription, parse_subscriptions
 from .tracing import span
 
 log = logging.getLogger("perdure")
+
+# How often a worker looks again for a free slot of a limited workflow while instances wait for
+# one (its own runs ending nudge it at once; this catches slots freed on other workers).
+_FLOW_RECHECK = 0.25
 
 
 @dataclass
@@ -65,11 +70,14 @@ class Registration:
     schedules: list[str]
     step_limit: int
     subscriptions: list[Subscription] = field(default_factory=list)
+    flow: FlowLimits | None = None  # concurrency, per-key and start-rate limits (perdure.flow)
     binding: WorkflowBinding = field(init=False)
 
     def record(self) -> WorkflowRecord:
         """What the store keeps of it, for operators' tools in other processes."""
-        return WorkflowRecord(self.name, self.cls.__name__, list(self.schedules), self.step_limit)
+        return WorkflowRecord(
+            self.name, self.cls.__name__, list(self.schedules), self.step_limit, flow=limits_as_dict(self.flow)
+        )
 
 
 class Engine:
@@ -115,6 +123,8 @@ class Engine:
         self.fast_wait = float(fast_wait)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._registry: dict[str, Registration] = {}
+        self._rate_limits: dict[str, RateLimit] = {}  # named step rate limits (perdure.flow)
+        self._flow_retry_at: float | None = None  # when a limited workflow's claim may take more
         self._running: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._gates: dict[int, LeaseGate] = {}  # how fresh each run's lease is (perdure.leases)
         self._refreshing: asyncio.Task[set[int]] | None = None
@@ -139,12 +149,17 @@ class Engine:
         limits: dict[str, int] | None = None,
         retention: dict[str, Any] | None = None,
         subscriptions: list[Any] | None = None,
+        concurrency: int | None = None,
+        concurrency_per_key: int | None = None,
+        rate_limit: dict[str, Any] | None = None,
     ) -> WorkflowBinding:
         """Register a workflow class under ``name``; returns its binding.
 
         ``retention`` is the default of the instances its binding creates
         (:mod:`perdure.retention`); ``subscriptions`` receive its instances' lifecycle events
-        (:mod:`perdure.subscriptions`)."""
+        (:mod:`perdure.subscriptions`); ``concurrency``, ``concurrency_per_key`` and
+        ``rate_limit`` (``{"limit": n, "period": duration}`` of starts) are its flow control
+        (:mod:`perdure.flow`)."""
         if not (isinstance(cls, type) and issubclass(cls, WorkflowEntrypoint)):
             raise ValidationError(f"register() takes a WorkflowEntrypoint subclass, got {cls!r}")
         validators.workflow_name(name)
@@ -164,7 +179,8 @@ class Engine:
                 raise ValidationError(f"limits['steps'] must be an integer >= 1, got {steps!r}")
             step_limit = steps
         kept = parse_retention(retention, "register(retention=)")
-        registration = Registration(cls, name, env, schedules, step_limit, parse_subscriptions(subscriptions))
+        flow = flow_limits(concurrency, concurrency_per_key, rate_limit)
+        registration = Registration(cls, name, env, schedules, step_limit, parse_subscriptions(subscriptions), flow)
         registration.binding = WorkflowBinding(self, name, kept)
         self._registry[name] = registration
         if self._started:
@@ -173,6 +189,24 @@ class Engine:
                 asyncio.create_task(self._announce([registration]), name=f"perdure-register-{name}")
             )
         return registration.binding
+
+    def rate_limit(self, name: str, *, limit: int, period: Any) -> None:
+        """Define the step rate limit ``name``: ``limit`` attempts in any window of ``period``
+        (a duration), shared by every worker of the database. A step takes a slot per attempt
+        with ``config={"rate_limit": name}``; over the limit it waits (see :mod:`perdure.flow`).
+        Every worker that runs such steps defines the limit, with the same values."""
+        rate_limit_name(name)
+        parsed = parse_rate_limit({"limit": limit, "period": period}, f"rate_limit({name!r})")
+        known = self._rate_limits.get(name)
+        if known is not None and known != parsed:
+            raise ValidationError(
+                f"rate limit {name!r} is already defined as {known.limit} per {known.period}s; one name has one limit"
+            )
+        self._rate_limits[name] = parsed
+
+    @property
+    def rate_limits(self) -> dict[str, RateLimit]:
+        return dict(self._rate_limits)
 
     @property
     def workflows(self) -> dict[str, Registration]:
@@ -329,13 +363,8 @@ class Engine:
                 tried = False
                 if claim_now and free > 0:
                     claim_now, tried = False, True
-                    now, wall, leased_at = self.clock.now(), time.time(), time.monotonic()
-                    claimed = await self.store.claim(
-                        self.owner, free, now, wall + self.lease_ttl, list(self._registry), lease_now=wall
-                    )
-                    for record in claimed:
-                        self._launch(record, leased_at)
-                    if len(claimed) == free:
+                    claimed = await self._claim(free)
+                    if claimed == free:
                         claim_now = True  # there may be more; claim again when a slot frees
                 # A timer counts only while a slot is free (a finished run nudges us), and one
                 # that is due although we just claimed is being handled: wait for the next tick.
@@ -346,6 +375,8 @@ class Engine:
                 delay = self.poll_interval
                 if next_wake is not None and (next_wake > now or not tried):
                     delay = min(delay, max(0.0, next_wake - now))
+                if self._flow_retry_at is not None:
+                    delay = min(delay, max(0.0, self._flow_retry_at - now))
                 if delay > 0 and not self._nudge.is_set():
                     with contextlib.suppress(TimeoutError):
                         async with asyncio.timeout(delay):
@@ -354,6 +385,8 @@ class Engine:
                     self._nudge.clear()
                     claim_now = True
                 elif next_wake is not None and next_wake <= self.clock.now():
+                    claim_now = True
+                elif self._flow_retry_at is not None and self._flow_retry_at <= self.clock.now():
                     claim_now = True
                 elif await self.store.changed():
                     claim_now = True
@@ -372,6 +405,41 @@ class Engine:
                 log.exception("perdure dispatcher error; retrying")
                 await asyncio.sleep(min(1.0, self.poll_interval * 10))
                 claim_now = True
+
+    async def _claim(self, free: int) -> int:
+        """Claim up to ``free`` instances and launch them; how many. Workflows with flow control
+        are claimed one by one within their limits (:meth:`Store.claim_limited`), after the
+        others; when one holds instances back, :attr:`_flow_retry_at` says when to look again
+        (a start slot frees, or a slot may have freed on another worker)."""
+        now, wall, leased_at = self.clock.now(), time.time(), time.monotonic()
+        plain = [name for name, r in self._registry.items() if r.flow is None]
+        count = 0
+        if plain:
+            for record in await self.store.claim(self.owner, free, now, wall + self.lease_ttl, plain, lease_now=wall):
+                self._launch(record, leased_at)
+                count += 1
+        self._flow_retry_at = None
+        for registration in self._registry.values():
+            if registration.flow is None or count >= free:
+                continue
+            result = await self.store.claim_limited(
+                self.owner,
+                free - count,
+                now,
+                wall + self.lease_ttl,
+                registration.name,
+                registration.flow,
+                lease_now=wall,
+            )
+            for record in result.claimed:
+                self._launch(record, leased_at)
+            count += len(result.claimed)
+            retry = result.retry_at
+            if result.held and retry is None:  # a slot may free on another worker: look again soon
+                retry = now + max(self.poll_interval, _FLOW_RECHECK)
+            if retry is not None:
+                self._flow_retry_at = retry if self._flow_retry_at is None else min(self._flow_retry_at, retry)
+        return count
 
     async def _reconcile(self) -> None:
         """Cancel local runs whose instance moved on (terminated, restarted, taken over)."""
@@ -475,7 +543,9 @@ class Engine:
                 clock=self.clock,
                 steps=steps,
                 step_limit=registration.step_limit,
-                fast_wait=self.fast_wait,
+                # a limited workflow never waits in memory: its slot goes to the next instance
+                fast_wait=0.0 if registration.flow is not None else self.fast_wait,
+                rate_limits=self._rate_limits,
                 lease=lease,
                 replay_only=record.terminating is not None,
                 modifiers=modifiers_of(self.url, record.workflow, record.id, record.pk),

@@ -96,6 +96,8 @@ class InstanceRecord:
     #: Set by ``terminate(rollback=True)``: the error its rollback handlers run with before the
     #: instance ends ``terminated`` (the next worker to claim it runs them).
     terminating: dict[str, str] | None = None
+    concurrency_key: str | None = None  # flow control (perdure.flow)
+    priority: int = 0
 
 
 @dataclass(slots=True)
@@ -131,6 +133,33 @@ class NewInstance:
     schedule: dict[str, Any] | None = None
     success_retention: float | None = None  # seconds a finished instance is kept (None: forever)
     error_retention: float | None = None
+    concurrency_key: str | None = None  # flow control (perdure.flow): the key it counts under
+    priority: int = 0  # lower is claimed first among queued instances of its workflow
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimits:
+    """A workflow's flow control as the claim applies it (:mod:`perdure.flow` validates it).
+
+    ``concurrency``: at most this many of its instances running at once (``running`` or
+    ``waitingForPause``; waiting ones do not count); ``per_key``: at most this many running
+    with one ``concurrency_key``; ``start_limit`` first runs per ``start_period`` seconds."""
+
+    concurrency: int | None = None
+    per_key: int | None = None
+    start_limit: int | None = None
+    start_period: float | None = None
+
+
+@dataclass(slots=True)
+class LimitedClaim:
+    """What a limited workflow's claim took, and when to look again: ``retry_at`` is when a
+    start slot of its rate limit frees (None: not held back by it); ``held`` counts the
+    runnable instances left because of a limit."""
+
+    claimed: list[InstanceRecord]
+    retry_at: float | None = None
+    held: int = 0
 
 
 @dataclass(slots=True)
@@ -146,6 +175,8 @@ class WorkflowRecord:
     step_limit: int
     registered_at: float = 0.0
     updated_at: float = 0.0
+    #: Its flow control as registered (:meth:`perdure.flow.FlowControl.as_dict`), or None.
+    flow: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

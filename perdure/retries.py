@@ -28,7 +28,7 @@ DEFAULT_CONFIG: dict[str, Any] = {
     "timeout": "10 minutes",
 }
 BACKOFFS = ("constant", "linear", "exponential")
-_TOP_KEYS = {"retries", "timeout", "sensitive"}
+_TOP_KEYS = {"retries", "timeout", "sensitive", "rate_limit"}
 REDACTED = "[REDACTED]"
 """What a ``sensitive: "output"`` step's result reads as outside the workflow (Cloudflare's)."""
 _RETRY_KEYS = {"limit", "delay", "backoff"}
@@ -44,7 +44,8 @@ def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any
     unknown = set(config) - _TOP_KEYS
     if unknown:
         raise ValidationError(
-            f"step {step!r}: unknown config key(s) {sorted(unknown)}; allowed: 'retries', 'timeout', 'sensitive'"
+            f"step {step!r}: unknown config key(s) {sorted(unknown)};"
+            " allowed: 'retries', 'timeout', 'sensitive', 'rate_limit'"
         )
     if "retries" in config:
         retries = config["retries"]
@@ -65,6 +66,13 @@ def resolve_config(step: str, config: Mapping[str, Any] | None) -> dict[str, Any
                 f"{REDACTED!r} everywhere but in the workflow), got {config['sensitive']!r}"
             )
         resolved["sensitive"] = "output"
+    if config.get("rate_limit") is not None:  # the name of an engine.rate_limit() (perdure.flow)
+        name = config["rate_limit"]
+        if not isinstance(name, str) or not name:
+            raise ValidationError(
+                f"step {step!r}: config 'rate_limit' must be the name of an engine.rate_limit(), got {name!r}"
+            )
+        resolved["rate_limit"] = name
     _validate(step, resolved)
     return resolved
 

@@ -32,8 +32,10 @@ from typing import Any
 
 from ..records import (
     DeadLetter,
+    FlowLimits,
     HistoryRow,
     InstanceRecord,
+    LimitedClaim,
     NewInstance,
     Page,
     QueueDepth,
@@ -124,6 +126,34 @@ class Store(abc.ABC):
         ``now`` is the engine's clock (timers, timestamps); leases are compared with
         ``lease_now`` (default ``now``), the wall clock in the engine, because a lease measures
         whether a process is alive, which a test clock that jumps an hour must not decide."""
+
+    @abc.abstractmethod
+    async def claim_limited(
+        self,
+        owner: str,
+        limit: int,
+        now: float,
+        lease_until: float,
+        workflow: str,
+        limits: FlowLimits,
+        *,
+        lease_now: float,
+    ) -> LimitedClaim:
+        """Like :meth:`claim` for one workflow with flow control (:mod:`perdure.store.flow`):
+        within its concurrency, per-key and start-rate ``limits``, across all workers."""
+
+    @abc.abstractmethod
+    async def reserve_rate_slot(self, limiter: str, holder: str, limit: int, period: float, now: float) -> float:
+        """The time of ``holder``'s slot of the rate limit ``limiter`` (``limit`` per ``period``
+        seconds), reserving one if it has none: ``now``, or the earliest later time with room."""
+
+    @abc.abstractmethod
+    async def rate_slots(self, limiter: str, since: float) -> list[float]:
+        """The times of ``limiter``'s slots after ``since``, oldest first."""
+
+    @abc.abstractmethod
+    async def queued_reasons(self, workflow: str, limits: FlowLimits, now: float) -> dict[str, int]:
+        """Counts of ``workflow``'s queued instances by why they are not running."""
 
     @abc.abstractmethod
     async def renew_leases(self, owner: str, pks: list[int], lease_until: float) -> set[int]:

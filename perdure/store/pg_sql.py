@@ -87,11 +87,12 @@ GIVE_UP = """
 CREATE = """
     WITH created AS (
         INSERT INTO {s}.instances (workflow, id, status, params, trigger, schedule, created_at,
-                                   success_retention, error_retention)
-        SELECT %(workflow)s, u.id, 'queued', u.params, u.trigger, u.schedule, %(now)s, u.kept, u.kept_failed
+                                   success_retention, error_retention, concurrency_key, priority)
+        SELECT %(workflow)s, u.id, 'queued', u.params, u.trigger, u.schedule, %(now)s, u.kept, u.kept_failed,
+               u.key, u.priority
         FROM unnest(%(ids)s::text[], %(params)s::text[], %(triggers)s::text[], %(schedules)s::text[],
-                    %(kept)s::float8[], %(kept_failed)s::float8[])
-            WITH ORDINALITY AS u(id, params, trigger, schedule, kept, kept_failed, n)
+                    %(kept)s::float8[], %(kept_failed)s::float8[], %(keys)s::text[], %(priorities)s::int[])
+            WITH ORDINALITY AS u(id, params, trigger, schedule, kept, kept_failed, key, priority, n)
         ORDER BY u.n
         ON CONFLICT (workflow, id) DO NOTHING
         RETURNING id, pk, trigger),
@@ -104,8 +105,8 @@ CREATE = """
 #   due / queued / expired: the three kinds of runnable instances, each locked FOR UPDATE SKIP
 #     LOCKED (rows another worker is claiming right now are skipped, not waited for);
 #   paused: an expired instance whose pause was requested pauses now (its worker died mid-step);
-#   chosen: the first `limit` candidates: due timers first (by wake_at), then queued (oldest
-#     first), then expired running ones;
+#   chosen: the first `limit` candidates: due timers first (by wake_at), then queued (by
+#     priority, then oldest first), then expired running ones;
 #   claimed: they become running for `owner`, with a lease and a new epoch;
 #   started: WORKFLOW_START for those that never ran before.
 # Data-modifying CTEs run exactly once, whether or not the final SELECT reads them.
@@ -116,9 +117,9 @@ CLAIM = f"""
           AND (lease_until IS NULL OR lease_until < %(lease_now)s)  -- not one waited on in memory
         ORDER BY wake_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
     queued AS (
-        SELECT pk FROM {{s}}.instances
+        SELECT pk, priority FROM {{s}}.instances
         WHERE status = 'queued' AND workflow = ANY(%(workflows)s::text[])
-        ORDER BY pk LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
+        ORDER BY priority, pk LIMIT %(limit)s FOR UPDATE SKIP LOCKED),
     expired AS (
         SELECT pk, status FROM {{s}}.instances
         WHERE status IN ('running', 'waitingForPause') AND lease_until < %(lease_now)s
@@ -133,11 +134,11 @@ CLAIM = f"""
         INSERT INTO {{s}}.history (instance_pk, type, ts, data)
         SELECT pk, 'WORKFLOW_PAUSED', %(now)s, NULL FROM paused),
     chosen AS (
-        SELECT pk, tier, ord FROM (
-            SELECT pk, 1 AS tier, wake_at AS ord FROM due
-            UNION ALL SELECT pk, 2, pk::float8 FROM queued
-            UNION ALL SELECT pk, 3, 0 FROM expired WHERE status = 'running') candidates
-        ORDER BY tier, ord LIMIT %(limit)s),
+        SELECT pk, tier, ord, ord2 FROM (
+            SELECT pk, 1 AS tier, wake_at AS ord, 0::bigint AS ord2 FROM due
+            UNION ALL SELECT pk, 2, priority::float8, pk FROM queued
+            UNION ALL SELECT pk, 3, 0, 0 FROM expired WHERE status = 'running') candidates
+        ORDER BY tier, ord, ord2 LIMIT %(limit)s),
     claimed AS (
         UPDATE {{s}}.instances
         SET status = 'running', owner = %(owner)s, lease_until = %(lease)s, epoch = epoch + 1,
@@ -148,12 +149,12 @@ CLAIM = f"""
     started AS (
         INSERT INTO {{s}}.history (instance_pk, type, ts, data)
         SELECT pk, 'WORKFLOW_START', started_at, NULL FROM claimed WHERE started_at = GREATEST(%(now)s, created_at))
-    SELECT claimed.* FROM claimed JOIN chosen USING (pk) ORDER BY chosen.tier, chosen.ord"""
+    SELECT claimed.* FROM claimed JOIN chosen USING (pk) ORDER BY chosen.tier, chosen.ord, chosen.ord2"""
 
 # An engine's registrations, one array per column, as one upsert (rows come sorted by name).
 REGISTER_WORKFLOWS = f"""
     INSERT INTO {{s}}.workflows ({WORKFLOW_COLUMNS})
-    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[])
+    SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::int[], %s::float8[], %s::float8[], %s::text[])
     {WORKFLOW_UPSERT}"""
 
 # count_by_status: each (workflow, status)'s folded count plus its deltas not yet folded (see

@@ -107,6 +107,8 @@ class PostgresStore(SQLStore):
       than this folds them.
     """
 
+    flow_lock = "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))"  # see perdure.store.flow
+
     def __init__(
         self,
         url: str,
@@ -303,6 +305,8 @@ class PostgresStore(SQLStore):
             "schedules": [dumps(item.schedule) for item in items],
             "kept": [item.success_retention for item in items],
             "kept_failed": [item.error_retention for item in items],
+            "keys": [item.concurrency_key for item in items],
+            "priorities": [item.priority for item in items],
             "channel": self.channel,
             "token": self.token,
         }
@@ -328,6 +332,8 @@ class PostgresStore(SQLStore):
                     trigger=item.trigger,
                     created_at=now,
                     schedule=item.schedule,
+                    concurrency_key=item.concurrency_key,
+                    priority=item.priority,
                 )
                 created.append(record)
             return created

@@ -9,16 +9,16 @@ from ..records import InstanceRecord, StepRecord, WorkflowRecord
 
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
-    "output, error, wake_at, schedule, owner, terminating"
+    "output, error, wake_at, schedule, owner, terminating, concurrency_key, priority"
 )
 STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
-WORKFLOW_COLUMNS = "name, class_name, schedules, step_limit, registered_at, updated_at"
+WORKFLOW_COLUMNS = "name, class_name, schedules, step_limit, registered_at, updated_at, flow"
 # The tail of both backends' ``INSERT INTO workflows (WORKFLOW_COLUMNS) ...``: a new registration
 # replaces what an older one said, except when the workflow was first seen.
 WORKFLOW_UPSERT = """
     ON CONFLICT (name) DO UPDATE SET
         class_name = excluded.class_name, schedules = excluded.schedules, step_limit = excluded.step_limit,
-        updated_at = excluded.updated_at"""
+        updated_at = excluded.updated_at, flow = excluded.flow"""
 
 # -- row conversion ------------------------------------------------------------------------------
 
@@ -49,6 +49,8 @@ def instance_from_row(row: tuple[Any, ...]) -> InstanceRecord:
         schedule=loads(row[13]),
         owner=row[14],
         terminating=loads(row[15]),
+        concurrency_key=row[16],
+        priority=row[17],
     )
 
 
@@ -101,7 +103,15 @@ def workflow_rows(workflows: list[WorkflowRecord], now: float) -> list[tuple[Any
     """Values for upserting registrations, in :data:`WORKFLOW_COLUMNS` order, sorted by name (so
     that workers starting at once lock the rows in one order and cannot deadlock)."""
     return [
-        (w.name, w.class_name, json.dumps(list(w.schedules), separators=(",", ":")), w.step_limit, now, now)
+        (
+            w.name,
+            w.class_name,
+            json.dumps(list(w.schedules), separators=(",", ":")),
+            w.step_limit,
+            now,
+            now,
+            dumps(w.flow),
+        )
         for w in sorted(workflows, key=lambda w: w.name)
     ]
 
@@ -114,6 +124,7 @@ def workflow_from_row(row: tuple[Any, ...]) -> WorkflowRecord:
         step_limit=row[3],
         registered_at=row[4],
         updated_at=row[5],
+        flow=loads(row[6]),
     )
 
 

@@ -44,6 +44,7 @@ from ..records import (
     StepRecord,
     WorkflowRecord,
 )
+from .flow import FlowOps
 from .housekeeping import Housekeeping
 from .rows import (
     INSTANCE_COLUMNS,
@@ -179,7 +180,7 @@ async def add_history(tx: Tx, pk: int, type_: str, ts: float, data: Any = None) 
     )
 
 
-class SQLStore(Housekeeping):
+class SQLStore(Housekeeping, FlowOps):
     """A :class:`~perdure.store.base.Store` over SQL: the shared operations (module doc)."""
 
     dialect: Dialect

@@ -281,7 +281,8 @@ class SQLiteStore(SQLStore):
             for item in items:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO instances (workflow, id, status, params, trigger, schedule, created_at,"
-                    " success_retention, error_retention) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " success_retention, error_retention, concurrency_key, priority)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         workflow,
                         item.id,
@@ -292,6 +293,8 @@ class SQLiteStore(SQLStore):
                         now,
                         item.success_retention,
                         item.error_retention,
+                        item.concurrency_key,
+                        item.priority,
                     ),
                 )
                 if cur.rowcount == 0:
@@ -312,6 +315,8 @@ class SQLiteStore(SQLStore):
                         trigger=item.trigger,
                         created_at=now,
                         schedule=item.schedule,
+                        concurrency_key=item.concurrency_key,
+                        priority=item.priority,
                     )
                 )
             return created
@@ -338,7 +343,7 @@ class SQLiteStore(SQLStore):
 
         def op(conn: sqlite3.Connection) -> None:
             conn.executemany(
-                f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?) {WORKFLOW_UPSERT}", rows
+                f"INSERT INTO workflows ({WORKFLOW_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?) {WORKFLOW_UPSERT}", rows
             )
 
         if rows:
@@ -374,8 +379,11 @@ class SQLiteStore(SQLStore):
                 pks += [
                     r[0]
                     for r in conn.execute(
-                        f"SELECT pk FROM instances WHERE status = ? AND workflow IN ({names}) ORDER BY pk LIMIT ?",
-                        (QUEUED, *workflows, limit - len(pks)),
+                        # by priority, oldest first, reading the queued index in order (without
+                        # INDEXED BY the planner sorts every queued instance of the workflows)
+                        "SELECT pk FROM instances INDEXED BY ix_instances_queued WHERE status = 'queued'"
+                        f" AND workflow IN ({names}) ORDER BY priority, pk LIMIT ?",
+                        (*workflows, limit - len(pks)),
                     )
                 ]
             for pk, status in conn.execute(

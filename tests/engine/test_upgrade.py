@@ -76,7 +76,7 @@ async def test_a_perdure_0_1_sqlite_file_upgrades_in_place(tmp_path: Path) -> No
         await store.open()
         with sqlite3.connect(path) as raw:
             (version,) = raw.execute("SELECT value FROM perdure_meta WHERE key = 'schema_version'").fetchone()
-        assert version == str(SCHEMA_VERSION) == "6"
+        assert version == str(SCHEMA_VERSION) == "7"
         await check_everything_kept(store, made)
         with sqlite3.connect(path) as raw:  # layout 5: ids of acked messages are never handed out again
             (handed_out,) = raw.execute(
@@ -90,6 +90,11 @@ async def test_a_perdure_0_1_sqlite_file_upgrades_in_place(tmp_path: Path) -> No
             assert {"terminating", "success_retention", "error_retention", "expires_at"} <= columns
             names = {row[0] for row in raw.execute("SELECT name FROM sqlite_master")}
             assert {"ix_instances_expires", "perdure_subscriptions"} <= names
+            # layout 7: flow control's columns, indexes and rate-limit slots
+            assert {"concurrency_key", "priority"} <= columns
+            assert {"ix_instances_queued", "ix_instances_keys", "perdure_rate_slots"} <= names
+            record = await store.get_by_pk(1)
+            assert record is not None and record.priority == 0 and record.concurrency_key is None
     finally:
         await store.close()
 
@@ -112,7 +117,7 @@ async def test_a_perdure_0_1_postgresql_schema_upgrades_in_place() -> None:
             await store.open()
             with psycopg.connect(server_url(), autocommit=True) as conn:
                 rows = conn.execute(f'SELECT version FROM "{schema}".schema_migrations ORDER BY 1').fetchall()
-            assert [r[0] for r in rows] == list(range(1, LATEST + 1)) and LATEST == 7
+            assert [r[0] for r in rows] == list(range(1, LATEST + 1)) and LATEST == 8
             await check_everything_kept(store, made)
         finally:
             await store.close()

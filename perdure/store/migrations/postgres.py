@@ -260,6 +260,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE TABLE IF NOT EXISTS {s}.perdure_subscriptions (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
         ),
     ),
+    Migration(
+        8,
+        "flow control: concurrency keys, priorities, workflow limits, rate-limit slots",
+        (
+            "ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS concurrency_key TEXT",
+            "ALTER TABLE {s}.instances ADD COLUMN IF NOT EXISTS priority INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE {s}.workflows ADD COLUMN IF NOT EXISTS flow TEXT",
+            "CREATE INDEX IF NOT EXISTS ix_instances_queued ON {s}.instances (priority, pk) WHERE status = 'queued'",
+            "CREATE INDEX IF NOT EXISTS ix_instances_keys ON {s}.instances (workflow, concurrency_key, status)"
+            " WHERE concurrency_key IS NOT NULL",
+            """CREATE TABLE IF NOT EXISTS {s}.perdure_rate_slots (
+                limiter TEXT NOT NULL,
+                at DOUBLE PRECISION NOT NULL,
+                holder TEXT NOT NULL,
+                PRIMARY KEY (limiter, holder))""",
+            "CREATE INDEX IF NOT EXISTS ix_perdure_rate_slots ON {s}.perdure_rate_slots (limiter, at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

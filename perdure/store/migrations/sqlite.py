@@ -26,18 +26,29 @@ from ...errors import ReadOnlyStoreError
 # 6 added the instances' ``terminating`` (a terminate that runs the rollback handlers first),
 # their retention (``success_retention``, ``error_retention``, seconds, and ``expires_at``, set
 # when they finish) and ``perdure_subscriptions`` (how far each lifecycle subscription has
-# delivered the history); the columns are added in place (see _add_columns).
-SCHEMA_VERSION = 6
+# delivered the history); the columns are added in place (see _add_columns). 7 added flow
+# control (perdure.flow): the instances' ``concurrency_key`` and ``priority``, the workflows'
+# ``flow`` (their limits, for tools in other processes) and ``perdure_rate_slots`` (the slots
+# each rate limit handed out, a sliding-window log).
+SCHEMA_VERSION = 7
 # Columns added after a table was first created, by layout: (table, column, type).
 _ADDED_COLUMNS = (
     ("instances", "terminating", "TEXT"),
     ("instances", "success_retention", "REAL"),
     ("instances", "error_retention", "REAL"),
     ("instances", "expires_at", "REAL"),
+    ("instances", "concurrency_key", "TEXT"),
+    ("instances", "priority", "INTEGER NOT NULL DEFAULT 0"),
+    ("workflows", "flow", "TEXT"),
 )
 # Indexes on added columns: made after the columns (an older file's table lacks them).
 _LATER_INDEXES = (
     "CREATE INDEX IF NOT EXISTS ix_instances_expires ON instances (expires_at) WHERE expires_at IS NOT NULL",
+    # the claim's queued tier: by priority, then oldest first
+    "CREATE INDEX IF NOT EXISTS ix_instances_queued ON instances (priority, pk) WHERE status = 'queued'",
+    # a limited workflow's claim counts what runs under each key
+    "CREATE INDEX IF NOT EXISTS ix_instances_keys ON instances (workflow, concurrency_key, status)"
+    " WHERE concurrency_key IS NOT NULL",
 )
 # The queue messages' table and index: in the layout, and again when layout 5 rebuilds them.
 _QUEUE_MESSAGES = (
@@ -137,6 +148,13 @@ CREATE TABLE IF NOT EXISTS perdure_queue_dead (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS ix_perdure_queue_dead ON perdure_queue_dead (queue, id);
+CREATE TABLE IF NOT EXISTS perdure_rate_slots (
+    limiter TEXT NOT NULL,
+    at REAL NOT NULL,
+    holder TEXT NOT NULL,
+    PRIMARY KEY (limiter, holder)
+);
+CREATE INDEX IF NOT EXISTS ix_perdure_rate_slots ON perdure_rate_slots (limiter, at);
 CREATE TABLE IF NOT EXISTS perdure_subscriptions (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """ + "".join(f"{statement};\n" for statement in _QUEUE_MESSAGES)
 
