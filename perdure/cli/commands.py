@@ -209,15 +209,28 @@ def workflows_describe(ctx: click.Context, name: str) -> None:
 @click.argument("name")
 @click.argument("params", required=False)
 @click.option("--id", "instance_id", help="instance id (default: a random UUID)")
+@click.option("--priority", type=click.IntRange(0, 2**31 - 1), help="lower runs first among queued instances (0)")
+@click.option("--concurrency-key", help="the key it counts under for the workflow's concurrency_per_key")
 @client_options
 @click.pass_context
-def workflows_trigger(ctx: click.Context, name: str, params: str | None, instance_id: str | None) -> None:
+def workflows_trigger(
+    ctx: click.Context,
+    name: str,
+    params: str | None,
+    instance_id: str | None,
+    priority: int | None,
+    concurrency_key: str | None,
+) -> None:
     """Create an instance of NAME with PARAMS (a JSON document)."""
     body: dict[str, Any] = {}
     if params:
         body["params"] = _parse_json(params, "PARAMS")
     if instance_id is not None:
         body["id"] = instance_id
+    if priority is not None:
+        body["priority"] = priority
+    if concurrency_key is not None:
+        body["concurrency_key"] = concurrency_key
     created = _run(ctx, lambda b: b.trigger(name, body))
     _emit(ctx, created, lambda c, d: c.print(f'🚀 Workflow instance "{d["id"]}" has been queued successfully'))
 

@@ -22,6 +22,8 @@ from ..server.formatting import (
     STATUS_LABELS,
     STEP_TYPE_LABELS,
     TRIGGER_LABELS,
+    describe_flow,
+    describe_reasons,
     human_ms,
     human_time,
     shorten,
@@ -117,6 +119,8 @@ def render_workflows(console: Console, workflows: list[dict[str, Any]]) -> None:
     table = _table("Name", "Class", "Instances", "Total", "Last registered")
     for wf in workflows:
         counts = ", ".join(f"{status} {n}" for status, n in wf["instances"].items()) or "-"
+        if wf.get("queued_by_reason"):
+            counts += f" (queued: {describe_reasons(wf['queued_by_reason'])})"
         table.add_row(
             wf["name"],
             wf["class_name"] or "(not registered)",
@@ -135,6 +139,10 @@ def render_workflow(console: Console, wf: dict[str, Any]) -> None:
     grid.add_row("Step limit:", str(wf["step_limit"] or "-"))
     grid.add_row("Last registered:", human_time(wf.get("last_registered_at")))
     grid.add_row("Instances:", f"{wf['total']} ({', '.join(f'{s} {n}' for s, n in wf['instances'].items()) or 'none'})")
+    if wf.get("flow"):
+        grid.add_row("Flow control:", describe_flow(wf["flow"]))
+    if wf.get("queued_by_reason"):
+        grid.add_row("Queued because:", describe_reasons(wf["queued_by_reason"]))
     _out(console, grid)
 
 

@@ -85,3 +85,30 @@ def pretty_json(value: Any, limit: int = 20_000, *, short: bool = False) -> str:
     (``short``: :func:`shorten` first)."""
     text = json.dumps(shorten(value) if short else value, indent=2, ensure_ascii=False, sort_keys=True)
     return text if len(text) <= limit else text[:limit] + f"\n... ({len(text) - limit} more characters)"
+
+
+#: How ``queued_by_reason`` reads (perdure.flow).
+_REASONS = {
+    "concurrency": "concurrency limit",
+    "concurrency_key": "key's limit",
+    "rate_limit": "start rate limit",
+    "ready": "ready to run",
+}
+
+
+def describe_reasons(reasons: dict[str, int]) -> str:
+    """A workflow's ``queued_by_reason`` in words: ``2 concurrency limit, 1 key's limit``."""
+    return ", ".join(f"{n} {_REASONS.get(reason, reason)}" for reason, n in reasons.items())
+
+
+def describe_flow(flow: dict[str, Any]) -> str:
+    """A workflow's ``flow`` in words: ``at most 20 running, 1 per key``."""
+    parts = []
+    if "concurrency" in flow:
+        parts.append(f"at most {flow['concurrency']} running")
+    if "concurrency_per_key" in flow:
+        parts.append(f"{flow['concurrency_per_key']} per key")
+    if "rate_limit" in flow:
+        rate = flow["rate_limit"]
+        parts.append(f"{rate['limit']} starts per {rate['period']:g} s")
+    return ", ".join(parts)

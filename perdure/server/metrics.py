@@ -38,6 +38,7 @@ except ModuleNotFoundError as exc:  # one line naming the extra, not a traceback
 
     raise missing_extra("server", "the Prometheus metrics (perdure.server.metrics)", exc.name) from None
 
+from ..flow import limits_from_dict
 from ..records import DO, QUEUED, SLEEP, STATUSES, StepRecord
 from ..retries import retry_delay
 from ..store import Store
@@ -111,6 +112,15 @@ class _Gauges(Collector):
             age.add_metric([workflow], oldest)
         yield depth
         yield age
+        reasons = GaugeMetricFamily(
+            "perdure_queued_instances_by_reason",
+            "Queued instances of workflows with flow control, by why they wait: concurrency, concurrency_key,"
+            " rate_limit, or ready",
+            labels=["workflow", "reason"],
+        )
+        for (workflow, reason), n in sorted(snapshot.get("reasons", {}).items()):
+            reasons.add_metric([workflow, reason], n)
+        yield reasons
         overdue = GaugeMetricFamily(
             "perdure_timer_overdue_seconds",
             "How long ago the earliest pending timer (sleep, retry delay, event timeout) fell due; 0 if none is due",
@@ -214,6 +224,7 @@ class Metrics:
             if n:
                 oldest = await self._oldest_queued_age(workflow, now)
             queued[workflow] = (n, oldest)
+        reasons = await self._queued_reasons(store, queued, now)
         next_wake = await store.next_wake_at()
         overdue = 0.0 if next_wake is None else max(0.0, now - next_wake)
         queues: dict[str, Any] = {}
@@ -221,7 +232,24 @@ class Metrics:
             queues = {name: depth_view(d, now) for name, d in (await store.queue_depths(now)).items()}
         except Exception as exc:  # metrics must never break the scrape
             log.debug("perdure metrics: queue depths unavailable: %s", exc)
-        return {"instances": instances, "queued": queued, "overdue": overdue, "queues": queues}
+        return {"instances": instances, "queued": queued, "overdue": overdue, "queues": queues, "reasons": reasons}
+
+    async def _queued_reasons(
+        self, store: Store, queued: dict[str, tuple[int, float]], now: float
+    ) -> dict[tuple[str, str], int]:
+        """Why the queued instances of workflows with flow control wait (perdure.flow)."""
+        flows = {w.name: limits_from_dict(w.flow) for w in await store.known_workflows()}
+        for name, registration in self.engine.workflows.items():
+            flows[name] = registration.flow
+        reasons: dict[tuple[str, str], int] = {}
+        for workflow, limits in flows.items():
+            if limits is None:
+                continue
+            waiting = queued.get(workflow, (0, 0.0))[0]
+            found = await store.queued_reasons(workflow, limits, now) if waiting else {}
+            for reason in ("concurrency", "concurrency_key", "rate_limit", "ready"):
+                reasons[(workflow, reason)] = found.get(reason, 0)
+        return reasons
 
     async def _oldest_queued_age(self, workflow: str, now: float) -> float:
         store = await self.engine.ensure_store()

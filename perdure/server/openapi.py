@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..flow import MAX_KEY_LENGTH, MAX_PRIORITY
 from ..records import STATUSES
 from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
 from .operations import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LIST_LIMIT
@@ -101,6 +102,8 @@ def _schemas() -> dict[str, Any]:
         "end": _nullable(_TIME),
         "duration_ms": _nullable(_MS),
         "error": _nullable(_ref("ErrorInfo")),
+        "priority": {"type": "integer", "minimum": 0, "maximum": MAX_PRIORITY},
+        "concurrency_key": _nullable({"type": "string"}),
     }
     step_ref = {
         "type": "object",
@@ -138,6 +141,8 @@ def _schemas() -> dict[str, Any]:
                 "last_registered_at",
                 "instances",
                 "total",
+                "flow",
+                "queued_by_reason",
             ],  # fmt: skip
             "properties": {
                 "name": {"type": "string"},
@@ -162,6 +167,28 @@ def _schemas() -> dict[str, Any]:
                     "additionalProperties": {"type": "integer", "minimum": 0},
                 },
                 "total": {"type": "integer", "minimum": 0},
+                "flow": _nullable(
+                    {
+                        "type": "object",
+                        "description": "its flow control as registered: concurrency, concurrency_per_key,"
+                        " rate_limit {limit, period (seconds)}",
+                        "properties": {
+                            "concurrency": {"type": "integer", "minimum": 1},
+                            "concurrency_per_key": {"type": "integer", "minimum": 1},
+                            "rate_limit": {
+                                "type": "object",
+                                "properties": {"limit": {"type": "integer"}, "period": {"type": "number"}},
+                            },
+                        },
+                    }
+                ),
+                "queued_by_reason": {
+                    "type": "object",
+                    "description": "why its queued instances wait, by reason: concurrency (the workflow's limit"
+                    " is reached), concurrency_key (their key's is), rate_limit (the start rate limit's window"
+                    " is full), ready (the next claim takes them)",
+                    "additionalProperties": {"type": "integer", "minimum": 0},
+                },
             },
         },
         "WorkflowList": {
@@ -331,6 +358,22 @@ def _schemas() -> dict[str, Any]:
                     }
                 ),
                 "params": {"description": "any JSON value, at most 1 MiB encoded; absent or null: {}"},
+                "concurrency_key": _nullable(
+                    {
+                        "type": "string",
+                        "minLength": 1,
+                        "maxLength": MAX_KEY_LENGTH,
+                        "description": "the key it counts under for the workflow's concurrency_per_key",
+                    }
+                ),
+                "priority": _nullable(
+                    {
+                        "type": "integer",
+                        "minimum": 0,
+                        "maximum": MAX_PRIORITY,
+                        "description": "lower runs first among queued instances of the workflow (default 0)",
+                    }
+                ),
             },
         },
         "StatusChange": {

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 from .. import validators
 from ..binding import Instance, WorkflowBinding
 from ..errors import InstanceNotFoundError, PerdureError, ReadOnlyStoreError, ValidationError, WorkflowNotFoundError
-from ..records import DO, ROLLBACK, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
+from ..flow import limits_from_dict
+from ..records import DO, QUEUED, ROLLBACK, SLEEP, STATUSES, WAIT, InstanceRecord, StepRecord, WorkflowRecord
 from ..retries import REDACTED, is_sensitive
 from ..serde import public_error
 from .formatting import duration_ms, iso
@@ -67,6 +68,8 @@ def instance_summary(record: InstanceRecord) -> dict[str, Any]:
         "end": iso(record.ended_at),
         "duration_ms": duration_ms(record.started_at, record.ended_at),
         "error": public_error(record.error),
+        "priority": record.priority,
+        "concurrency_key": record.concurrency_key,
     }
 
 
@@ -348,17 +351,31 @@ class Operations:
             "last_registered_at": iso(stored.updated_at) if stored else None,
             "instances": {status: counts[status] for status in STATUSES if counts.get(status)},
             "total": sum(counts.values()),
+            "flow": described.flow if described else None,
+            "queued_by_reason": {},
         }
+
+    async def _with_reasons(self, view: dict[str, Any]) -> dict[str, Any]:
+        """Fill in why a workflow with flow control has queued instances (perdure.flow)."""
+        limits = limits_from_dict(view["flow"])
+        if limits is not None and view["instances"].get(QUEUED):
+            store = await self.engine.ensure_store()
+            view["queued_by_reason"] = await store.queued_reasons(view["name"], limits, self.engine.clock.now())
+        return view
 
     async def list_workflows(self) -> list[dict[str, Any]]:
         counts, known = await self._counts(), await self._known()
         names = sorted(set(self.engine.workflows) | set(known) | set(counts))
-        return [self._workflow_view(name, counts.get(name, {}), known.get(name)) for name in names]
+        return [
+            await self._with_reasons(self._workflow_view(name, counts.get(name, {}), known.get(name))) for name in names
+        ]
 
     async def describe_workflow(self, name: str) -> dict[str, Any]:
         await self._check_workflow(name)
         counts = await self._counts(name)
-        return self._workflow_view(name, counts.get(name, {}), (await self._known()).get(name))
+        return await self._with_reasons(
+            self._workflow_view(name, counts.get(name, {}), (await self._known()).get(name))
+        )
 
     async def _check_workflow(self, name: str) -> WorkflowBinding:
         """The binding for ``name``: registered here, registered on the database by an engine

@@ -49,7 +49,7 @@ from ... import validators
 from ...errors import PerdureError, ValidationError
 from ...records import STATUSES, TERMINAL
 from ..auth import SESSION_COOKIE, LoginThrottle, Sessions, client_address
-from ..formatting import human_ms, human_time, pretty_json, shorten
+from ..formatting import describe_flow, describe_reasons, human_ms, human_time, pretty_json, shorten
 from ..operations import ACTIONS, Operations, instance_summary
 
 HERE = Path(__file__).parent
@@ -60,6 +60,8 @@ CONFIRMED_ACTIONS = ("terminate", "restart")
 
 
 templates.env.filters["ms"] = human_ms
+templates.env.filters["flow"] = describe_flow
+templates.env.filters["reasons"] = describe_reasons
 templates.env.filters["time"] = human_time
 templates.env.filters["pretty"] = pretty_json
 templates.env.filters["pretty_short"] = lambda value: pretty_json(value, short=True)
