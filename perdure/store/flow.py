@@ -8,11 +8,13 @@ their backend): in one transaction that first serialises every limited claim of 
 see a free slot and both take it. The transaction counts what runs (``running`` and
 ``waitingForPause``: a ``waiting`` instance holds no slot) overall and per key, then takes, in
 order, expired runs (already counted: their worker died), woken instances (``wake_at`` passed),
-and queued ones round-robin across keys (the first of each key by priority and age, then the
-second of each...), so that a key with a thousand queued instances does not starve a key with
-one. Rows are updated only if their status is still the one read (``AND status = ...``): a
-control call that moved a row meanwhile (PostgreSQL's READ COMMITTED re-checks the condition on
-the row it updates) wins, and the claim skips it.
+and queued ones round-robin across keys: the first of each key (by priority and age), then
+the second of each..., and among firsts of equal priority the key that waited longest since it
+last had an instance started (``perdure_key_turns``) goes first, so that a key with a thousand
+queued instances does not starve a key with one. Rows are updated only if their status is
+still the one read (``AND status = ...``): a control call that moved a row meanwhile
+(PostgreSQL's READ COMMITTED re-checks the condition on the row it updates) wins, and the claim
+skips it.
 
 **Rate limits** are sliding-window logs in ``perdure_rate_slots``: a limiter allows ``limit``
 slots in any window of ``period`` seconds. A step's slot is *reserved*, possibly in the future
@@ -65,6 +67,36 @@ async def _window(tx: Any, limiter: str, period: float, now: float) -> tuple[int
     row = await tx.one("SELECT count(*), min(at) FROM {s}.perdure_rate_slots WHERE limiter = %s", (limiter,))
     assert row is not None
     return int(row[0]), row[1]
+
+
+async def _round_robin(tx: Any, workflow: str, per_key: int, limit: int) -> list[Row]:
+    """Queued instances of ``workflow`` in round-robin order across keys: each key's n-th (by
+    priority and age) before any key's (n+1)-th; among those, lower priority first, then the
+    key served longest ago (never: first), then the oldest. A key's (per_key+1)-th and later
+    cannot start in this claim anyway and are not read."""
+    rows = await tx.all(
+        "SELECT pk, concurrency_key, created_at, n, priority FROM (SELECT pk, concurrency_key, created_at, priority,"
+        " row_number() OVER (PARTITION BY concurrency_key ORDER BY priority, pk) AS n"
+        " FROM {s}.instances WHERE workflow = %s AND status = %s) ranked WHERE n <= %s",
+        (workflow, QUEUED, per_key),
+    )
+    served = {
+        key: float(at)
+        for key, at in await tx.all("SELECT key, served_at FROM {s}.perdure_key_turns WHERE workflow = %s", (workflow,))
+    }
+    rows.sort(key=lambda r: (r[3], r[4], served.get(r[1], float("-inf")) if r[1] is not None else float("-inf"), r[0]))
+    return [(pk, key, created) for pk, key, created, _, _ in rows[:limit]]
+
+
+async def _served(tx: Any, workflow: str, keys: set[str], now: float) -> None:
+    """Record that ``keys`` had an instance started now; forget keys idle for a day."""
+    for key in sorted(keys):
+        await tx.run(
+            "INSERT INTO {s}.perdure_key_turns (workflow, key, served_at) VALUES (%s, %s, %s)"
+            " ON CONFLICT (workflow, key) DO UPDATE SET served_at = excluded.served_at",
+            (workflow, key, now),
+        )
+    await tx.run("DELETE FROM {s}.perdure_key_turns WHERE workflow = %s AND served_at < %s", (workflow, now - 86400))
 
 
 async def _history(tx: Any, pk: int, type_: str, ts: float) -> None:
@@ -170,19 +202,18 @@ class FlowOps(Store):
                         " AND status = %s ORDER BY priority, pk LIMIT %s",
                         (workflow, QUEUED, starts),
                     )
-                else:  # round-robin across keys: each key's n-th by priority and age, by n
-                    queued = await tx.all(
-                        "SELECT pk, concurrency_key, created_at FROM (SELECT pk, concurrency_key, created_at,"
-                        " priority, row_number() OVER (PARTITION BY concurrency_key ORDER BY priority, pk) AS n"
-                        " FROM {s}.instances WHERE workflow = %s AND status = %s) ranked"
-                        " WHERE n <= %s ORDER BY n, priority, pk LIMIT %s",
-                        (workflow, QUEUED, limits.per_key, starts + _SPARE),
-                    )
+                else:
+                    queued = await _round_robin(tx, workflow, limits.per_key, starts + _SPARE)
                 taken = 0
+                taken_keys: list[str] = []
                 for pk, key, created in queued:
                     if taken < starts and fits(key):
                         take(pk, QUEUED, created, key)
                         taken += 1
+                        if key is not None:
+                            taken_keys.append(key)
+                if limits.per_key is not None and taken:
+                    await _served(tx, workflow, set(taken_keys), now)
                 if limits.start_limit is not None and taken:
                     for pk, _, _ in chosen[-taken:]:
                         await tx.run(

@@ -108,6 +108,21 @@ async def test_keys_limit_each_key_and_take_turns(make_engine: Make) -> None:
     assert order.index("quiet-0") <= 1  # not behind the busy key's backlog
 
 
+async def test_keys_take_turns_even_when_one_slot_is_free(make_engine: Make) -> None:
+    engine = make_engine()
+    work = engine.register(Work, name="work", concurrency=1, concurrency_per_key=1)
+    for i in range(4):
+        await work.create(id=f"busy-{i}", params={"ms": 1}, concurrency_key="busy")
+    for i in range(2):
+        await work.create(id=f"quiet-{i}", params={"ms": 1}, concurrency_key="quiet")
+    async with engine:
+        for instance_id in [f"busy-{i}" for i in range(4)] + ["quiet-0", "quiet-1"]:
+            await (await work.get(instance_id)).wait(10)
+    starts = [i for i, what, _ in LOG if what == "start"]
+    # the key served longest ago goes first: quiet is not behind busy's whole backlog
+    assert starts == ["busy-0", "quiet-0", "busy-1", "quiet-1", "busy-2", "busy-3"]
+
+
 async def test_priority_orders_queued_instances(make_engine: Make) -> None:
     engine = make_engine(max_concurrent=1)
     work = engine.register(Work, name="work")

@@ -92,7 +92,7 @@ async def test_a_perdure_0_1_sqlite_file_upgrades_in_place(tmp_path: Path) -> No
             assert {"ix_instances_expires", "perdure_subscriptions"} <= names
             # layout 7: flow control's columns, indexes and rate-limit slots
             assert {"concurrency_key", "priority"} <= columns
-            assert {"ix_instances_queued", "ix_instances_keys", "perdure_rate_slots"} <= names
+            assert {"ix_instances_queued", "ix_instances_keys", "perdure_rate_slots", "perdure_key_turns"} <= names
             record = await store.get_by_pk(1)
             assert record is not None and record.priority == 0 and record.concurrency_key is None
     finally:

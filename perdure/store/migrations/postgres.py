@@ -276,6 +276,11 @@ MIGRATIONS: tuple[Migration, ...] = (
                 holder TEXT NOT NULL,
                 PRIMARY KEY (limiter, holder))""",
             "CREATE INDEX IF NOT EXISTS ix_perdure_rate_slots ON {s}.perdure_rate_slots (limiter, at)",
+            """CREATE TABLE IF NOT EXISTS {s}.perdure_key_turns (
+                workflow TEXT NOT NULL,
+                key TEXT NOT NULL,
+                served_at DOUBLE PRECISION NOT NULL,
+                PRIMARY KEY (workflow, key))""",
         ),
     ),
 )

@@ -28,8 +28,9 @@ from ...errors import ReadOnlyStoreError
 # when they finish) and ``perdure_subscriptions`` (how far each lifecycle subscription has
 # delivered the history); the columns are added in place (see _add_columns). 7 added flow
 # control (perdure.flow): the instances' ``concurrency_key`` and ``priority``, the workflows'
-# ``flow`` (their limits, for tools in other processes) and ``perdure_rate_slots`` (the slots
-# each rate limit handed out, a sliding-window log).
+# ``flow`` (their limits, for tools in other processes), ``perdure_rate_slots`` (the slots
+# each rate limit handed out, a sliding-window log) and ``perdure_key_turns`` (when each
+# concurrency key last had an instance started, for round-robin across keys).
 SCHEMA_VERSION = 7
 # Columns added after a table was first created, by layout: (table, column, type).
 _ADDED_COLUMNS = (
@@ -155,6 +156,12 @@ CREATE TABLE IF NOT EXISTS perdure_rate_slots (
     PRIMARY KEY (limiter, holder)
 );
 CREATE INDEX IF NOT EXISTS ix_perdure_rate_slots ON perdure_rate_slots (limiter, at);
+CREATE TABLE IF NOT EXISTS perdure_key_turns (
+    workflow TEXT NOT NULL,
+    key TEXT NOT NULL,
+    served_at REAL NOT NULL,
+    PRIMARY KEY (workflow, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS perdure_subscriptions (name TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 """ + "".join(f"{statement};\n" for statement in _QUEUE_MESSAGES)
 
