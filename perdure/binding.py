@@ -145,7 +145,7 @@ class WorkflowBinding:
         records = await store.create_instances(self.name, new, self._engine.clock.now(), skip_existing=skip_existing)
         if records:
             self._engine.nudge()
-        return [Instance(self, r.id, r.pk) for r in records]
+        return [Instance(self, r.id, r.pk, r) for r in records]
 
     async def get(self, instance_id: str) -> Instance:
         """The instance with that id; :class:`~perdure.InstanceNotFoundError` if there is none."""
@@ -198,11 +198,14 @@ class WorkflowBinding:
 class Instance:
     """One workflow instance: status and control."""
 
-    def __init__(self, binding: WorkflowBinding, id: str, pk: int) -> None:
+    def __init__(self, binding: WorkflowBinding, id: str, pk: int, created: InstanceRecord | None = None) -> None:
         self._binding = binding
         self._engine = binding._engine
         self.id = id
         self.pk = pk
+        #: The record as ``create`` stored it (queued), when this handle comes from a create: a
+        #: caller that shows what it created (the REST API) needs no read of the row back.
+        self.created = created
 
     @property
     def workflow(self) -> str:

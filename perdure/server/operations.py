@@ -415,7 +415,8 @@ class Operations:
         return await self._summary(instance)
 
     async def _summary(self, instance: Instance) -> dict[str, Any]:
-        return instance_summary(await instance.record())
+        # a create's response shows the instance as created (queued), without reading it back
+        return instance_summary(instance.created or await instance.record())
 
     async def list_instances(
         self,
