@@ -227,6 +227,11 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def send_event(self, pk: int, event_type: str, payload_json: str, now: float) -> None: ...
 
+    @abc.abstractmethod
+    async def has_event(self, pk: int, event_type: str) -> bool:
+        """Whether instance ``pk`` has an unconsumed event of ``event_type`` (a read, no lock: a
+        run waiting for one in memory polls it, then takes it with :meth:`take_event`)."""
+
     # -- timers, history, change detection -------------------------------------------------------
     @abc.abstractmethod
     async def next_wake_at(self, workflows: list[str] | None = None) -> float | None:

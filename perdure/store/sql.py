@@ -257,6 +257,13 @@ class SQLStore(Housekeeping, FlowOps):
         rows = await self._read(f"SELECT {STEP_COLUMNS} FROM {{s}}.steps WHERE instance_pk = %s ORDER BY seq", (pk,))
         return [step_from_row(r) for r in rows]
 
+    async def has_event(self, pk: int, event_type: str) -> bool:
+        rows = await self._read(
+            "SELECT 1 FROM {s}.events WHERE instance_pk = %s AND type = %s AND consumed_by IS NULL LIMIT 1",
+            (pk, event_type),
+        )
+        return bool(rows)
+
     async def next_wake_at(self, workflows: list[str] | None = None) -> float | None:
         where, params = "status = %s", (WAITING,)
         if workflows is not None:

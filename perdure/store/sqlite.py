@@ -41,6 +41,7 @@ from ..records import (
     StepRecord,
     WorkflowRecord,
 )
+from .event_prefetch import AHEAD, Prefetched
 from .migrations.sqlite import SCHEMA_VERSION, check_layout, create_or_upgrade
 from .rows import (
     INSTANCE_COLUMNS,
@@ -67,6 +68,16 @@ DEFAULT_BUSY_TIMEOUT_MS = 10_000
 
 def _history(conn: sqlite3.Connection, pk: int, type_: str, ts: float, data: Any = None) -> None:
     conn.execute("INSERT INTO history (instance_pk, type, ts, data) VALUES (?, ?, ?, ?)", (pk, type_, ts, dumps(data)))
+
+
+def _consume_event(conn: sqlite3.Connection, pk: int, step: StepRecord, event_pk: int) -> None:
+    """Store ``step`` complete with the event ``event_pk`` and mark the event consumed by it."""
+    conn.execute(_UPSERT_STEP, step_row(pk, step))
+    seq = conn.execute(
+        "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
+        (pk, step.kind, step.name, step.count),
+    ).fetchone()[0]
+    conn.execute("UPDATE events SET consumed_by = ? WHERE pk = ?", (seq, event_pk))
 
 
 def _fence(conn: sqlite3.Connection, pk: int, epoch: int) -> str:
@@ -141,6 +152,7 @@ class SQLiteStore(SQLStore):
         self._conn: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._lock = threading.RLock()
+        self._prefetched = Prefetched()  # events read ahead by takes (perdure.store.event_prefetch)
         self._writer = Writer(
             lambda: self._conn,
             self._open_for_write,
@@ -461,30 +473,41 @@ class SQLiteStore(SQLStore):
     async def take_event(
         self, pk: int, epoch: int, step: StepRecord, event_type: str, now: float
     ) -> dict[str, Any] | None:
-        def op(conn: sqlite3.Connection) -> dict[str, Any] | None:
-            _fence(conn, pk, epoch)
-            row = conn.execute(
-                "SELECT pk, payload, created_at FROM events WHERE instance_pk = ? AND type = ?"
-                " AND consumed_by IS NULL ORDER BY pk LIMIT 1",
-                (pk, event_type),
-            ).fetchone()
-            event = None
-            if row is not None:
-                event = {"type": event_type, "payload": json.loads(row[1]), "timestamp": row[2]}
-                step.status, step.result, step.ended_at, step.wake_at = COMPLETE, event, now, None
-            conn.execute(_UPSERT_STEP, step_row(pk, step))
-            if row is not None:
-                seq = conn.execute(
-                    "SELECT seq FROM steps WHERE instance_pk = ? AND kind = ? AND name = ? AND count = ?",
-                    (pk, step.kind, step.name, step.count),
-                ).fetchone()[0]
-                conn.execute("UPDATE events SET consumed_by = ? WHERE pk = ?", (seq, row[0]))
+        ahead = self._prefetched.pop(pk, epoch, event_type)
+        if ahead is not None:  # read ahead by an earlier take: consumed in the next commit
+            event_pk, event = ahead
+            step.status, step.result, step.ended_at, step.wake_at = COMPLETE, event, now, None
+
+            def consume(conn: sqlite3.Connection) -> None:
+                _fence(conn, pk, epoch)
+                _consume_event(conn, pk, step, event_pk)
+
+            self._writer.write_nowait(consume)
             return event
 
-        result: dict[str, Any] | None = await self._write(op)
-        return result
+        def op(conn: sqlite3.Connection) -> tuple[dict[str, Any] | None, list[tuple[int, dict[str, Any]]]]:
+            _fence(conn, pk, epoch)
+            rows = conn.execute(
+                "SELECT pk, payload, created_at FROM events WHERE instance_pk = ? AND type = ?"
+                " AND consumed_by IS NULL ORDER BY pk LIMIT ?",
+                (pk, event_type, 1 + AHEAD),
+            ).fetchall()
+            if not rows:
+                conn.execute(_UPSERT_STEP, step_row(pk, step))
+                return None, []
+            found = [(r[0], {"type": event_type, "payload": json.loads(r[1]), "timestamp": r[2]}) for r in rows]
+            event_pk, event = found[0]
+            step.status, step.result, step.ended_at, step.wake_at = COMPLETE, event, now, None
+            _consume_event(conn, pk, step, event_pk)
+            return event, found[1:]
+
+        event, rest = await self._write(op)
+        self._prefetched.fill(pk, epoch, event_type, rest)
+        return event  # type: ignore[no-any-return]
 
     async def suspend(self, pk: int, epoch: int, wake_at: float | None, wait_types: list[str], now: float) -> str:
+        self._prefetched.forget(pk)
+
         def op(conn: sqlite3.Connection) -> str:
             _fence(conn, pk, epoch)
             row = conn.execute("SELECT status, wake_requested FROM instances WHERE pk = ?", (pk,)).fetchone()
@@ -507,6 +530,8 @@ class SQLiteStore(SQLStore):
         return result
 
     async def release(self, pk: int, epoch: int, now: float) -> None:
+        self._prefetched.forget(pk)
+
         def op(conn: sqlite3.Connection) -> None:
             status = _fence(conn, pk, epoch)
             if status not in (RUNNING, WAITING_FOR_PAUSE):  # it finished or suspended meanwhile
@@ -528,6 +553,8 @@ class SQLiteStore(SQLStore):
     async def finish(
         self, pk: int, epoch: int, status: str, output_json: str | None, error: dict[str, str] | None, now: float
     ) -> None:
+        self._prefetched.forget(pk)
+
         def op(conn: sqlite3.Connection) -> None:
             _fence(conn, pk, epoch)
             conn.execute(

@@ -57,7 +57,25 @@ def make_engine(url: str, effects: str) -> Engine:
                 await step.do(f"book-{i}", lambda i=i: i, rollback=undo, rollback_config={"retries": {"limit": 0}})
             raise RuntimeError("the trip is off")
 
+    class FanIn(WorkflowEntrypoint):
+        """Takes ``n`` "item" events one by one; after each, a step logs the payload it took."""
+
+        async def run(self, event: Any, step: Any) -> Any:
+            taken = []
+            for i in range(event.payload["n"]):
+                got = await step.wait_for_event(f"item-{i}", "item", timeout="1 minute")
+
+                async def record(i: int = i, value: Any = got["payload"]) -> Any:
+                    with open(effects, "a") as f:
+                        f.write(f"{os.getpid()} {event.instance_id} took-{i}-{value}\n")
+                    await asyncio.sleep(0.002)
+                    return value
+
+                taken.append(await step.do(f"record-{i}", record))
+            return taken
+
     engine = Engine(url, max_concurrent=5, poll_interval=0.02, fast_wait=0.1)
+    engine.register(FanIn, name="fanin")
     engine.register(Saga, name="saga")
     engine.register(Twenty, name="twenty")
     engine.register(Napper, name="napper")
