@@ -110,7 +110,7 @@ def _log_slots(engine: Engine, path: str) -> None:
     store: Any = engine.store
     original = store.reserve_rate_slot
 
-    async def reserve_rate_slot(limiter: str, holder: str, limit: int, period: float, now: float) -> float:
+    async def reserve_rate_slot(limiter: str, holder: str, limit: int, period: float, now: Any) -> float:
         at: float = await original(limiter, holder, limit, period, now)
         _append(path, f"{holder} {at!r}\n")
         return at

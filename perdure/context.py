@@ -425,13 +425,12 @@ class Step:
                 f" (defined: {known})"
             )
         holder = f"{self._pk}:{record.name}:{record.count}:{record.started_at!r}:{number}"
-        now = self._clock.now()
         try:
-            at = await self._store.reserve_rate_slot(name, holder, limit.limit, limit.period, now)
+            at = await self._store.reserve_rate_slot(name, holder, limit.limit, limit.period, self._clock.now)
         except Exception as exc:
             self.stopping = Stop("lost")
             raise self.stopping from exc
-        if at <= now:
+        if at <= self._clock.now():
             return
         record.status = "waiting"  # for its slot; the history shows it, the instance is waiting
         await self._save(record)  # durable: the holder (its started_at) must survive a crash

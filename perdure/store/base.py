@@ -143,9 +143,14 @@ class Store(abc.ABC):
         within its concurrency, per-key and start-rate ``limits``, across all workers."""
 
     @abc.abstractmethod
-    async def reserve_rate_slot(self, limiter: str, holder: str, limit: int, period: float, now: float) -> float:
+    async def reserve_rate_slot(
+        self, limiter: str, holder: str, limit: int, period: float, now: Callable[[], float]
+    ) -> float:
         """The time of ``holder``'s slot of the rate limit ``limiter`` (``limit`` per ``period``
-        seconds), reserving one if it has none: ``now``, or the earliest later time with room."""
+        seconds), reserving one if it has none: the present (``now()``, read once the
+        reservation holds the limiter's lock: a reservation may queue behind others, and a
+        time read before that would hand out slots already in the past), or the earliest later
+        time with room."""
 
     @abc.abstractmethod
     async def rate_slots(self, limiter: str, since: float) -> list[float]:

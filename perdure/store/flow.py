@@ -247,19 +247,24 @@ class FlowOps(Store):
         result: LimitedClaim = await self._control(op)
         return result
 
-    async def reserve_rate_slot(self, limiter: str, holder: str, limit: int, period: float, now: float) -> float:
+    async def reserve_rate_slot(
+        self, limiter: str, holder: str, limit: int, period: float, now: Callable[[], float]
+    ) -> float:
         """The time of ``holder``'s slot of ``limiter`` (``limit`` per ``period`` seconds): the
-        one it reserved before, or a new one, at ``now`` or the earliest time after it that the
-        window has room."""
+        one it reserved before, or a new one, at ``now()`` (read under the limiter's lock) or the
+        earliest time after it that the window has room."""
 
         async def op(tx: Any) -> float:
             await _serialise(tx, self.flow_lock, f"perdure.rate.{limiter}")
+            present = now()
             mine = await tx.one(
                 "SELECT at FROM {s}.perdure_rate_slots WHERE limiter = %s AND holder = %s", (limiter, holder)
             )
             if mine is not None:
                 return float(mine[0])
-            await tx.run("DELETE FROM {s}.perdure_rate_slots WHERE limiter = %s AND at <= %s", (limiter, now - period))
+            await tx.run(
+                "DELETE FROM {s}.perdure_rate_slots WHERE limiter = %s AND at <= %s", (limiter, present - period)
+            )
             latest = [
                 float(r[0])
                 for r in await tx.all(
@@ -267,7 +272,7 @@ class FlowOps(Store):
                     (limiter, limit),
                 )
             ]
-            at = max([now, *latest[:1]])
+            at = max([present, *latest[:1]])
             if len(latest) >= limit:
                 at = max(at, latest[limit - 1] + period)
             await tx.run(

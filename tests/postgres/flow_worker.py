@@ -87,8 +87,9 @@ def _log_slots(engine: Engine) -> None:
     store: Any = engine.store
     original = store.reserve_rate_slot
 
-    async def reserve_rate_slot(limiter: str, holder: str, limit: int, period: float, now: float) -> float:
-        at: float = await original(limiter, holder, limit, period, now)
+    async def reserve_rate_slot(limiter: str, holder: str, limit: int, period: float, clock: Any) -> float:
+        now = clock()
+        at: float = await original(limiter, holder, limit, period, clock)
         pool = await _effects()
         async with pool.connection() as conn:
             await conn.execute(

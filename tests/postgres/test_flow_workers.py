@@ -403,13 +403,12 @@ async def test_step_rate_limit_is_shared_by_two_workers(schema: Schema, tmp_path
     closest = min(starts[i + RATE_LIMIT] - starts[i] for i in range(len(starts) - RATE_LIMIT))
     assert closest >= shifted - 1e-3, f"attempts closer than their slots allow: max delay {max_delay:.3f}s"
     # NOT asserted: "at most RATE_LIMIT attempts *started* in any 1 s window" (closest >= 1 s).
-    # The engine promises the slots, and an attempt starts at or after its slot, but the delay
-    # varies: a batch of slots that started late (woken by a claim ~50-100 ms after its slot)
-    # followed by a batch that started at once puts RATE_LIMIT + 1 starts in under a second.
-    # Seen here: six starts within 0.91-0.95 s while the slots kept exactly 1 s apart (and in
-    # bench/bench_flow_control.py, 500 instances at 50/s: 100 starts within one second, the
-    # first window's batch delayed ~1 s by the flood of slot reservations). A remote API
-    # enforcing its own sliding window would refuse the extra calls. FLOW-CONTROL FINDING: the
-    # limit bounds reservations, not the attempts' start times.
+    # The engine promises the slots (docs/guides/flow-control.md says so), and an attempt starts
+    # at or after its slot, later by the worker's delay in starting it: a batch that started
+    # late (woken by a claim ~50-100 ms after its slot) next to one that started at once puts
+    # RATE_LIMIT + 1 starts in under a second (seen: six within 0.91-0.95 s, the slots exactly
+    # 1 s apart). Reservations once read the time before queueing for the limiter's lock, and
+    # under a flood (bench/bench_flow_control.py, 500 instances at 50/s) handed out slots up to
+    # 1.7 s in the past; they read it under the lock now (max delay 0.35 s in that bench).
     # The limit did not hold them back longer than needed: 30 calls at 5/s take ~5 s.
     assert starts[-1] - began < (INSTANCES / RATE_LIMIT - 1) * RATE_PERIOD + 3
