@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from . import flow, validators
 from .clock import Clock
 from .errors import InstanceNotFoundError, InvalidStateError, ValidationError
-from .records import TERMINAL, InstanceRecord, NewInstance
+from .records import TERMINAL, InstanceRecord, LocalStart, NewInstance
 from .retention import Retention, parse_retention
 from .serde import public_error
 from .store import Store
@@ -38,6 +38,12 @@ class EngineLink(Protocol):
 
     def instance_ended(self, pk: int) -> None:
         """Instance ``pk`` ended: wake whoever waits on it here."""
+
+    def local_start(self, workflow: str) -> LocalStart | None:
+        """A claim for one instance about to be created, if this process runs it at once."""
+
+    def adopt(self, start: LocalStart, records: list[InstanceRecord]) -> None:
+        """Run what a create under ``start`` made (and free the slot it held)."""
 
     async def wait_for_change(self, pk: int, timeout: float) -> None:
         """Return when instance ``pk`` ends in this process, or after ``timeout`` seconds."""
@@ -142,8 +148,17 @@ class WorkflowBinding:
         batches as it likes); ids that exist raise, or are skipped with ``skip_existing``."""
         new = [_new_instance(item, self.retention, trigger, schedule) for item in items]
         store = await self._store()
-        records = await store.create_instances(self.name, new, self._engine.clock.now(), skip_existing=skip_existing)
-        if records:
+        # One instance created where it runs starts here at once (Engine.local_start).
+        start = self._engine.local_start(self.name) if len(new) == 1 else None
+        records: list[InstanceRecord] = []
+        try:
+            records = await store.create_instances(
+                self.name, new, self._engine.clock.now(), skip_existing=skip_existing, start=start
+            )
+        finally:
+            if start is not None:
+                self._engine.adopt(start, records)
+        if records and start is None:
             self._engine.nudge()
         return [Instance(self, r.id, r.pk, r) for r in records]
 

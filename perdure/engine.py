@@ -48,7 +48,16 @@ from .event import WorkflowEvent, to_datetime
 from .flow import RateLimit, flow_limits, limits_as_dict, parse_rate_limit, rate_limit_name
 from .leases import LeaseGate
 from .modifiers import lookup as modifiers_of
-from .records import COMPLETE, ERRORED, TERMINAL, TERMINATED, FlowLimits, InstanceRecord, WorkflowRecord
+from .records import (
+    COMPLETE,
+    ERRORED,
+    TERMINAL,
+    TERMINATED,
+    FlowLimits,
+    InstanceRecord,
+    LocalStart,
+    WorkflowRecord,
+)
 from .retention import RetentionSweep, parse_retention
 from .serde import error_info, rebuild_error
 from .store import Store, open_store
@@ -125,6 +134,9 @@ class Engine:
         self._registry: dict[str, Registration] = {}
         self._rate_limits: dict[str, RateLimit] = {}  # named step rate limits (perdure.flow)
         self._flow_retry_at: float | None = None  # when a limited workflow's claim may take more
+        self._backlog = False  # the last claim filled every free slot: queued instances may wait
+        self._starting = 0  # local starts under way (local_start): slots they hold
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._running: dict[int, tuple[int, asyncio.Task[None]]] = {}
         self._gates: dict[int, LeaseGate] = {}  # how fresh each run's lease is (perdure.leases)
         self._refreshing: asyncio.Task[set[int]] | None = None
@@ -237,6 +249,7 @@ class Engine:
         self._stopping = False
         self._nudge = asyncio.Event()
         loop = asyncio.get_running_loop()
+        self._loop = loop
 
         def on_change() -> None:
             loop.call_soon_threadsafe(self._external_change)
@@ -308,6 +321,42 @@ class Engine:
             )
 
     # -- notifications from bindings -------------------------------------------------------------
+    def local_start(self, workflow: str) -> LocalStart | None:
+        """A claim for one instance of ``workflow`` about to be created in this process, when
+        this engine runs it and has a free slot and no backlog: the create writes it claimed
+        and :meth:`adopt` runs it at once, without a claim round (one commit and one dispatcher
+        turn less per ``create()``, as DBOS starts a workflow in the process that starts it).
+        None otherwise (the instance is queued, and claimed by whichever worker comes first).
+        Not for workflows with flow control, which only the claim may start."""
+        registration = self._registry.get(workflow)
+        if (
+            registration is None
+            or registration.flow is not None
+            or not self._started
+            or self._stopping
+            or self._backlog
+            or len(self._running) + self._starting >= self.max_concurrent
+        ):
+            return None
+        try:
+            if asyncio.get_running_loop() is not self._loop:
+                return None  # created from another event loop: the dispatcher's loop claims it
+        except RuntimeError:
+            return None
+        self._starting += 1
+        leased_at = time.monotonic()
+        return LocalStart(self.owner, time.time() + self.lease_ttl, leased_at)
+
+    def adopt(self, start: LocalStart, records: list[InstanceRecord]) -> None:
+        """Run the instances created claimed under ``start`` (none when the create failed or
+        found the id taken); the slot :meth:`local_start` held is free again either way."""
+        self._starting -= 1
+        for record in records:
+            if record.owner == self.owner and record.status == "running":
+                self._launch(record, start.leased_at)
+            else:
+                self.nudge()
+
     def nudge(self) -> None:
         """Something may have become runnable: claim soon."""
         if self._nudge is not None:
@@ -418,6 +467,7 @@ class Engine:
             for record in await self.store.claim(self.owner, free, now, wall + self.lease_ttl, plain, lease_now=wall):
                 self._launch(record, leased_at)
                 count += 1
+        self._backlog = count >= free  # queued instances may be left: local starts wait their turn
         self._flow_retry_at = None
         for registration in self._registry.values():
             if registration.flow is None or count >= free:

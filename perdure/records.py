@@ -138,6 +138,17 @@ class NewInstance:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalStart:
+    """Create an instance already claimed by ``owner`` (``running``, epoch 1, leased until
+    ``lease_until``): the engine of the process that creates it has a free slot and runs it at
+    once, without a claim round (see ``Engine.local_start``)."""
+
+    owner: str
+    lease_until: float
+    leased_at: float = 0.0  # time.monotonic() before the write that sets the lease (perdure.leases)
+
+
+@dataclass(frozen=True, slots=True)
 class FlowLimits:
     """A workflow's flow control as the claim applies it (:mod:`perdure.flow` validates it).
 

@@ -36,6 +36,7 @@ from ..records import (
     HistoryRow,
     InstanceRecord,
     LimitedClaim,
+    LocalStart,
     NewInstance,
     Page,
     QueueDepth,
@@ -59,10 +60,17 @@ class Store(abc.ABC):
     # -- instances ---------------------------------------------------------------------------
     @abc.abstractmethod
     async def create_instances(
-        self, workflow: str, items: list[NewInstance], now: float, *, skip_existing: bool
+        self,
+        workflow: str,
+        items: list[NewInstance],
+        now: float,
+        *,
+        skip_existing: bool,
+        start: LocalStart | None = None,
     ) -> list[InstanceRecord]:
         """Insert ``items`` as queued. Existing ids raise InstanceAlreadyExistsError, or are
-        skipped (and left out of the result) when ``skip_existing``."""
+        skipped (and left out of the result) when ``skip_existing``. With ``start`` (one item
+        only) the instance is created claimed, ``running`` for ``start.owner``."""
 
     @abc.abstractmethod
     async def get_instance(self, workflow: str, instance_id: str) -> InstanceRecord | None: ...

@@ -101,6 +101,36 @@ CREATE = """
         SELECT pk, 'WORKFLOW_QUEUED', %(now)s, '{"trigger":' || to_json(trigger)::text || '}' FROM created)
     SELECT id, pk, (SELECT pg_notify(%(channel)s, %(token)s)) FROM created"""
 
+# Lone creates of one group commit (REST POSTs, create() calls arriving together), of any
+# workflows, in one statement: the rows in the order queued; a (workflow, id) that exists, or
+# that an earlier row of the batch inserts, is skipped (the caller tells who got which pk). A
+# row with an owner is created claimed by it (LocalStart: running, epoch 1, leased), with its
+# WORKFLOW_START; the NOTIFY goes out only for queued rows (nobody else need look).
+CREATE_GROUP = """
+    WITH created AS (
+        INSERT INTO {s}.instances (workflow, id, status, params, trigger, schedule, created_at,
+                                   success_retention, error_retention, concurrency_key, priority,
+                                   owner, lease_until, epoch, started_at)
+        SELECT u.workflow, u.id, CASE WHEN u.owner IS NULL THEN 'queued' ELSE 'running' END, u.params,
+               u.trigger, u.schedule, u.now, u.kept, u.kept_failed, u.key, u.priority, u.owner, u.lease,
+               CASE WHEN u.owner IS NULL THEN 0 ELSE 1 END, CASE WHEN u.owner IS NULL THEN NULL ELSE u.now END
+        FROM unnest(%(workflows)s::text[], %(ids)s::text[], %(params)s::text[], %(triggers)s::text[],
+                    %(schedules)s::text[], %(kept)s::float8[], %(kept_failed)s::float8[], %(keys)s::text[],
+                    %(priorities)s::int[], %(nows)s::float8[], %(owners)s::text[], %(leases)s::float8[])
+            WITH ORDINALITY AS u(workflow, id, params, trigger, schedule, kept, kept_failed, key, priority, now,
+                                 owner, lease, n)
+        ORDER BY u.n
+        ON CONFLICT (workflow, id) DO NOTHING
+        RETURNING workflow, id, pk, trigger, created_at, owner),
+    queued AS (
+        INSERT INTO {s}.history (instance_pk, type, ts, data)
+        SELECT pk, 'WORKFLOW_QUEUED', created_at, '{"trigger":' || to_json(trigger)::text || '}' FROM created
+        UNION ALL
+        SELECT pk, 'WORKFLOW_START', created_at, NULL FROM created WHERE owner IS NOT NULL)
+    SELECT workflow, id, pk,
+           (SELECT pg_notify(%(channel)s, %(token)s) WHERE EXISTS (SELECT 1 FROM created WHERE owner IS NULL))
+    FROM created"""
+
 # claim, sqlite's steps as one statement:
 #   due / queued / expired: the three kinds of runnable instances, each locked FOR UPDATE SKIP
 #     LOCKED (rows another worker is claiming right now are skipped, not waited for);

@@ -62,13 +62,22 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import Fenced, InstanceAlreadyExistsError, ValidationError
-from ..records import COMPLETE, QUEUED, InstanceRecord, NewInstance, StepRecord, WorkflowRecord
+from ..records import COMPLETE, QUEUED, RUNNING, InstanceRecord, LocalStart, NewInstance, StepRecord, WorkflowRecord
 from .migrations.postgres import migrate
 from .pg_commit import Conn, GroupCommit, Outcome, PgTx, Transactions, Write, WriteFn
 from .pg_counts import CountFolder
 from .pg_listen import Changes, Listener
 from .pg_pools import PoolOptions, Pools
-from .pg_sql import CLAIM, CREATE, GIVE_UP, REGISTER_WORKFLOWS, SAVE_STEP, SAVE_STEPS, UPSERT_STEP
+from .pg_sql import (
+    CLAIM,
+    CREATE,
+    CREATE_GROUP,
+    GIVE_UP,
+    REGISTER_WORKFLOWS,
+    SAVE_STEP,
+    SAVE_STEPS,
+    UPSERT_STEP,
+)
 from .pg_url import parse_url
 from .rows import dumps, finish_history, instance_from_row, step_row, workflow_rows
 from .sql import SQLStore, Tx, postgres_dialect
@@ -291,7 +300,13 @@ class PostgresStore(SQLStore):
 
     # -- instances -------------------------------------------------------------------------------
     async def create_instances(
-        self, workflow: str, items: list[NewInstance], now: float, *, skip_existing: bool
+        self,
+        workflow: str,
+        items: list[NewInstance],
+        now: float,
+        *,
+        skip_existing: bool,
+        start: LocalStart | None = None,
     ) -> list[InstanceRecord]:
         """Mirrors sqlite's create_instances in one statement (:data:`CREATE`), inserting in
         the given order (so pks, hence the claim order, follow it). An id that exists, or that
@@ -338,10 +353,76 @@ class PostgresStore(SQLStore):
                 created.append(record)
             return created
 
+        if len(items) == 1:
+            # A lone create joins the group commit: creates arriving together (REST POSTs at
+            # concurrency 50) share one statement and one commit with the workers' writes.
+            await self._ready()
+
+            async def alone(conn: Conn) -> list[InstanceRecord]:  # the batch redone write by write
+                ((value, error),) = await self._create_group(conn, [write])
+                if error is not None:
+                    raise error
+                done: list[InstanceRecord] = value
+                return done
+
+            write = Write(alone, group=self._create_group, data=(workflow, items[0], now, start), single=True)
+            created: list[InstanceRecord] = await self._writer.wait(write)
+            if not created and not skip_existing:
+                raise InstanceAlreadyExistsError(
+                    f"an instance with id {items[0].id!r} already exists in workflow {workflow!r}"
+                )
+            return created
+        if start is not None:
+            raise ValueError("a local start creates one instance")
         # Alone in autocommit unless a refusal must undo other items' inserts: with
-        # skip_existing nothing is refused, and a lone duplicate inserted nothing.
-        result: list[InstanceRecord] = await self._transact(op, single=skip_existing or len(items) <= 1)
+        # skip_existing nothing is refused.
+        result: list[InstanceRecord] = await self._transact(op, single=skip_existing)
         return result
+
+    async def _create_group(self, conn: Conn, writes: Sequence[Write]) -> list[Outcome]:
+        """Lone creates in one statement (:data:`CREATE_GROUP`): each write's outcome is the
+        list of what it created, empty when its id existed (or an earlier write took it)."""
+        items: list[tuple[str, NewInstance, float, LocalStart | None]] = [w.data for w in writes]
+        params = {
+            "workflows": [workflow for workflow, _, _, _ in items],
+            "ids": [item.id for _, item, _, _ in items],
+            "params": [item.params_json for _, item, _, _ in items],
+            "triggers": [item.trigger for _, item, _, _ in items],
+            "schedules": [dumps(item.schedule) for _, item, _, _ in items],
+            "kept": [item.success_retention for _, item, _, _ in items],
+            "kept_failed": [item.error_retention for _, item, _, _ in items],
+            "keys": [item.concurrency_key for _, item, _, _ in items],
+            "priorities": [item.priority for _, item, _, _ in items],
+            "nows": [now for _, _, now, _ in items],
+            "owners": [None if start is None else start.owner for *_, start in items],
+            "leases": [None if start is None else start.lease_until for *_, start in items],
+            "channel": self.channel,
+            "token": self.token,
+        }
+        cur = await conn.execute(self._q(CREATE_GROUP), params)
+        inserted = {(row[0], row[1]): int(row[2]) for row in await cur.fetchall()}
+        outcomes: list[Outcome] = []
+        for workflow, item, now, start in items:
+            pk = inserted.pop((workflow, item.id), None)  # the first write of an id gets its row
+            if pk is None:
+                outcomes.append(([], None))
+                continue
+            record = InstanceRecord(
+                pk=pk,
+                workflow=workflow,
+                id=item.id,
+                status=QUEUED if start is None else RUNNING,
+                params=json.loads(item.params_json),
+                trigger=item.trigger,
+                created_at=now,
+                schedule=item.schedule,
+                concurrency_key=item.concurrency_key,
+                priority=item.priority,
+            )
+            if start is not None:
+                record.epoch, record.started_at, record.owner = 1, now, start.owner
+            outcomes.append(([record], None))
+        return outcomes
 
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:
         """The counts the triggers keep (:mod:`perdure.store.pg_counts`)."""

@@ -37,6 +37,7 @@ from ..records import (
     WAITING,
     WAITING_FOR_PAUSE,
     InstanceRecord,
+    LocalStart,
     NewInstance,
     StepRecord,
     WorkflowRecord,
@@ -286,19 +287,29 @@ class SQLiteStore(SQLStore):
 
     # -- instances -------------------------------------------------------------------------------
     async def create_instances(
-        self, workflow: str, items: list[NewInstance], now: float, *, skip_existing: bool
+        self,
+        workflow: str,
+        items: list[NewInstance],
+        now: float,
+        *,
+        skip_existing: bool,
+        start: LocalStart | None = None,
     ) -> list[InstanceRecord]:
+        status, owner, lease, epoch, started = QUEUED, None, None, 0, None
+        if start is not None:  # created claimed (Engine.local_start): one item
+            status, owner, lease, epoch, started = RUNNING, start.owner, start.lease_until, 1, now
+
         def op(conn: sqlite3.Connection) -> list[InstanceRecord]:
             created = []
             for item in items:
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO instances (workflow, id, status, params, trigger, schedule, created_at,"
-                    " success_retention, error_retention, concurrency_key, priority)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " success_retention, error_retention, concurrency_key, priority, owner, lease_until, epoch,"
+                    " started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         workflow,
                         item.id,
-                        QUEUED,
+                        status,
                         item.params_json,
                         item.trigger,
                         dumps(item.schedule),
@@ -307,6 +318,10 @@ class SQLiteStore(SQLStore):
                         item.error_retention,
                         item.concurrency_key,
                         item.priority,
+                        owner,
+                        lease,
+                        epoch,
+                        started,
                     ),
                 )
                 if cur.rowcount == 0:
@@ -317,12 +332,17 @@ class SQLiteStore(SQLStore):
                     )
                 pk = int(cur.lastrowid or 0)
                 _history(conn, pk, "WORKFLOW_QUEUED", now, {"trigger": item.trigger})
+                if start is not None:
+                    _history(conn, pk, "WORKFLOW_START", now)
                 created.append(
                     InstanceRecord(
                         pk=pk,
                         workflow=workflow,
                         id=item.id,
-                        status=QUEUED,
+                        status=status,  # type: ignore[arg-type]
+                        epoch=epoch,
+                        started_at=started,
+                        owner=owner,
                         params=json.loads(item.params_json),
                         trigger=item.trigger,
                         created_at=now,

@@ -1,0 +1,90 @@
+"""An instance created in a process whose engine runs its workflow and has a free slot is created
+claimed and starts there at once, without a claim round (Engine.local_start)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from perdure import Engine, InstanceAlreadyExistsError, WorkflowEntrypoint
+
+Make = Callable[..., Engine]
+
+
+class Quick(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        return await step.do("one", lambda: event.payload.get("n", 0) + 1)
+
+
+class Slow(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        async def nap() -> str:
+            await asyncio.sleep(event.payload.get("s", 0.5))
+            return "rested"
+
+        return await step.do("nap", nap)
+
+
+async def history_types(engine: Engine, pk: int) -> list[str]:
+    return [h["type"] for h in await (await engine.ensure_store()).history(pk)]
+
+
+async def test_a_create_where_the_workflow_runs_starts_at_once(make_engine: Make) -> None:
+    engine = make_engine()
+    quick = engine.register(Quick, name="quick")
+    async with engine:
+        await asyncio.sleep(0.05)  # the first claim ran: no backlog
+        instance = await quick.create(id="q", params={"n": 1})
+        assert instance.created is not None and instance.created.status == "running"
+        assert instance.created.owner == engine.owner and instance.created.epoch == 1
+        assert (await instance.wait(5))["output"] == 2
+        types = await history_types(engine, instance.pk)
+        assert types[:2] == ["WORKFLOW_QUEUED", "WORKFLOW_START"] and types.count("WORKFLOW_START") == 1
+        with pytest.raises(InstanceAlreadyExistsError):
+            await quick.create(id="q")
+        assert engine._starting == 0  # the refused create gave its slot back
+
+
+async def test_a_full_engine_a_limited_workflow_and_a_client_queue_instead(make_engine: Make) -> None:
+    engine = make_engine(max_concurrent=1)
+    slow = engine.register(Slow, name="slow")
+    limited = engine.register(Quick, name="limited", concurrency=5)
+    client = make_engine()  # never started: it only creates
+    client.register(Quick, name="quick")
+    async with engine:
+        await asyncio.sleep(0.05)
+        busy = await slow.create(id="busy", params={"s": 0.5})
+        assert busy.created is not None and busy.created.status == "running"
+        queued = await slow.create(id="next", params={"s": 0.01})  # the only slot is taken
+        assert queued.created is not None and queued.created.status == "queued"
+        await busy.wait(5)
+        await queued.wait(5)
+        flowing = await limited.create(id="l")  # flow control: only the claim starts it
+        assert flowing.created is not None and flowing.created.status == "queued"
+        assert (await flowing.wait(5))["output"] == 1
+    from_client = await client.binding("quick").create(id="c")
+    assert from_client.created is not None and from_client.created.status == "queued"
+
+
+async def test_concurrent_creates_of_one_id_make_one_instance(make_engine: Make) -> None:
+    """Lone creates share a statement on PostgreSQL (CREATE_GROUP): the first of an id wins."""
+    engine = make_engine()
+    quick = engine.register(Quick, name="quick")
+    async with engine:
+        results = await asyncio.gather(
+            *[quick.create(id="same", params={"n": n}) for n in range(20)],
+            *[quick.create(id=f"other-{n}") for n in range(20)],
+            return_exceptions=True,
+        )
+        same, others = results[:20], results[20:]
+        assert sum(1 for r in same if isinstance(r, InstanceAlreadyExistsError)) == 19
+        assert not any(isinstance(r, BaseException) for r in others)
+        assert await quick.create_batch([{"id": "same"}]) == []  # skipped, not refused
+        for instance in [r for r in results if not isinstance(r, BaseException)]:
+            assert (await instance.wait(5))["status"] == "complete"  # type: ignore[union-attr]
+    page = await (await engine.ensure_store()).list_instances("quick", limit=100)
+    assert len(page.items) == 21
+    assert engine._starting == 0
