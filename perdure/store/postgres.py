@@ -150,6 +150,7 @@ class PostgresStore(SQLStore):
         self.safety_poll = safety_poll
         self.channel = f"perdure_{self.schema}"[:63]  # identifiers are at most 63 bytes
         self.token = uuid.uuid4().hex  # the payload of our NOTIFYs, so our listener skips them
+        self._lone_creates = 0  # lone creates under way (create_instances joins them in a group commit)
         self.dialect = postgres_dialect(sql.Identifier(self.schema).as_string())
         self._q = self.dialect.q  # ``{s}`` -> the quoted schema name, cached
         self._counts = CountFolder(
@@ -354,8 +355,11 @@ class PostgresStore(SQLStore):
             return created
 
         if len(items) == 1:
-            # A lone create joins the group commit: creates arriving together (REST POSTs at
-            # concurrency 50) share one statement and one commit with the workers' writes.
+            # A lone create commits on its own connection at once, unless other lone creates
+            # are under way: then it joins the group commit, so that creates arriving together
+            # (REST POSTs at concurrency 50) share one statement and one commit. (Always
+            # joining made a caller creating one instance after another wait for the commit in
+            # flight first: 0.76x -> 0.43x of the batch path in bench_client_path.)
             await self._ready()
 
             async def alone(conn: Conn) -> list[InstanceRecord]:  # the batch redone write by write
@@ -366,7 +370,14 @@ class PostgresStore(SQLStore):
                 return done
 
             write = Write(alone, group=self._create_group, data=(workflow, items[0], now, start), single=True)
-            created: list[InstanceRecord] = await self._writer.wait(write)
+            self._lone_creates += 1
+            try:
+                if self._lone_creates == 1:
+                    created: list[InstanceRecord] = await self._transact(alone, single=True)
+                else:
+                    created = await self._writer.wait(write)
+            finally:
+                self._lone_creates -= 1
             if not created and not skip_existing:
                 raise InstanceAlreadyExistsError(
                     f"an instance with id {items[0].id!r} already exists in workflow {workflow!r}"
