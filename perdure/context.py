@@ -733,6 +733,11 @@ class Step:
             if task is not current and not task.done():
                 task.cancel()
 
+    def records(self) -> list[StepRecord]:
+        """Every step this run knows, stored or new, in the order stored (for the engine to keep
+        after a suspend, when every one of them is saved)."""
+        return list(self._memo.values())
+
     def next_wake(self) -> float | None:
         return min(self.wakes) if self.wakes else None
 
