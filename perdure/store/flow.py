@@ -215,10 +215,12 @@ class FlowOps(Store):
                 if limits.per_key is not None and taken:
                     await _served(tx, workflow, set(taken_keys), now)
                 if limits.start_limit is not None and taken:
-                    for pk, _, _ in chosen[-taken:]:
+                    for pk, _, created in chosen[-taken:]:
+                        # the slot is the start as recorded (never before the creation: an
+                        # instance created just after this claim read the clock starts later)
                         await tx.run(
                             "INSERT INTO {s}.perdure_rate_slots (limiter, at, holder) VALUES (%s, %s, %s)",
-                            (limiter, now, f"start:{pk}:{now!r}"),
+                            (limiter, max(now, created), f"start:{pk}:{now!r}"),
                         )
             claimed = []
             for pk, status, created in chosen:

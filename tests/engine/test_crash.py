@@ -187,8 +187,8 @@ async def test_sigkill_while_a_run_takes_a_backlog_of_events(db_url: str, tmp_pa
     effects = tmp_path / "effects.log"
     client = make_engine(db_url, str(effects))
     binding = client.binding("fanin")
-    instance = await binding.create(id="fan", params={"n": 400})
-    for i in range(400):
+    instance = await binding.create(id="fan", params={"n": 600})
+    for i in range(600):
         await instance.send_event("item", i)
     kills = 0
     worker = start_worker(db_url, effects)
@@ -203,14 +203,14 @@ async def test_sigkill_while_a_run_takes_a_backlog_of_events(db_url: str, tmp_pa
     finally:
         worker.kill()
         worker.wait()
-    assert status["status"] == "complete" and status["output"] == list(range(400))
+    assert status["status"] == "complete" and status["output"] == list(range(600))
     lines = effects.read_text().splitlines()
     took = Counter(line.split()[2] for line in lines)
     assert len({line.split()[0] for line in lines}) >= 2  # the kills came mid-way: workers shared it
-    assert set(took) == {f"took-{i}-{i}" for i in range(400)}  # event i went to wait i, always
-    assert max(took.values()) <= 2 and sum(took.values()) - 400 <= kills  # only in-flight steps re-ran
+    assert set(took) == {f"took-{i}-{i}" for i in range(600)}  # event i went to wait i, always
+    assert max(took.values()) <= 2 and sum(took.values()) - 600 <= kills  # only in-flight steps re-ran
     steps = await client.store.load_steps(instance.pk)
     waits = sorted((s for s in steps if s.kind == "waitForEvent"), key=lambda s: int(s.name.split("-")[1]))
-    assert [s.result["payload"] for s in waits] == list(range(400))
+    assert [s.result["payload"] for s in waits] == list(range(600))
     assert not await client.store.has_event(instance.pk, "item")  # every event consumed, once
     await client.stop()

@@ -150,15 +150,20 @@ async def test_start_rate_limit_spaces_first_runs(make_engine: Make) -> None:
     engine = make_engine()
     work = engine.register(Work, name="work", rate_limit={"limit": 2, "period": "1 second"})
     async with engine:
-        began = time.monotonic()
         instances = [await work.create(id=f"r{i}", params={"ms": 1}) for i in range(5)]
         for instance in instances:
             await instance.wait(20)
-    starts = sorted(t for _, what, t in LOG if what == "start")
+    store = await engine.ensure_store()
+    # the limit bounds first starts (the claims: WORKFLOW_START), which the history records
+    starts = []
+    for instance in instances:
+        starts += [h["timestamp"] for h in await store.history(instance.pk) if h["type"] == "WORKFLOW_START"]
+    starts.sort()
     assert len(starts) == 5
     for i in range(len(starts) - 2):  # no three starts inside one second
-        assert starts[i + 2] - starts[i] >= 0.95
-    assert starts[-1] - began < 4  # and they were not held back for longer than needed
+        assert starts[i + 2] - starts[i] >= 1.0 - 1e-6
+    created = min(h["timestamp"] for h in await store.history(instances[0].pk))
+    assert starts[-1] - created < 4  # and they were not held back for longer than needed
 
 
 class CallsTheApi(WorkflowEntrypoint):
@@ -185,9 +190,11 @@ async def test_a_step_over_its_rate_limit_waits_without_holding_a_worker(make_en
         plain_done = time.monotonic()
         results = [(await c.wait(10)) for c in callers]
     assert all(r["status"] == "complete" for r in results)
+    slots = await (await engine.ensure_store()).rate_slots("api", 0)  # all four reserved up front
+    assert len(slots) == 4 and all(b - a >= 0.7 - 1e-6 for a, b in zip(slots, slots[1:], strict=False))
     calls = sorted(t for _, what, t in LOG if what == "call")
     assert len(calls) == 4
-    assert all(b - a >= 0.65 for a, b in zip(calls, calls[1:], strict=False))  # one per 700 ms
+    assert all(b - a >= 0.4 for a, b in zip(calls, calls[1:], strict=False))  # each at (after) its slot
     assert plain_done < calls[-1]  # it ran while rate-limited steps waited
 
 
@@ -211,7 +218,7 @@ async def test_rate_limited_step_keeps_its_slot_across_a_restart(make_engine: Ma
     after = await (await second.ensure_store()).rate_slots("api", 0)
     assert after == before  # b found the slot it had reserved: it took no second one
     calls = sorted(t for _, what, t in LOG if what == "call")
-    assert calls[1] - calls[0] >= 1.9
+    assert calls[1] - calls[0] >= 1.5  # b's slot was 2 s after a's (a started a little after its own)
 
 
 async def test_bad_flow_control_values_are_refused(make_engine: Make) -> None:
@@ -276,7 +283,10 @@ async def test_queued_reasons_say_why_instances_wait(make_engine: Make) -> None:
     assert registration.flow is not None
     assert await store.queued_reasons("work", registration.flow, engine.clock.now()) == {"ready": 3}
     async with engine:
-        await asyncio.sleep(0.3)  # a1 runs
+        for _ in range(500):  # a1 runs
+            if (await (await work.get("a1")).status())["status"] == "running":
+                break
+            await asyncio.sleep(0.01)
         reasons = await store.queued_reasons("work", registration.flow, engine.clock.now())
         assert reasons == {"concurrency_key": 1, "concurrency": 1}
         for i in ("a1", "a2", "b1"):
