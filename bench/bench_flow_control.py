@@ -46,9 +46,7 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -56,12 +54,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import bench_postgres  # bench/ is on the path
 import psycopg
-from bench_postgres import DEFAULT_URL, drop_schema, percentile, with_schema  # bench/ is on the path
+from bench_postgres import DEFAULT_URL, drop_schema, percentile, with_schema
 
 from perdure import Engine, WorkflowEntrypoint
 
-ROOT = Path(__file__).resolve().parents[1]
 STEPS = 3
 STEP_SECONDS = 0.05
 RATE_PERIOD = 1.0
@@ -136,31 +134,10 @@ def make_engine() -> Engine:
 
 
 def start_workers(url: str, n: int, **env: str) -> list[subprocess.Popen[bytes]]:
-    environment = {
-        **os.environ,
-        "PERDURE_BENCH_URL": url,
-        "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{ROOT}",
-        **env,
-    }
-    return [
-        subprocess.Popen(
-            [sys.executable, "-m", "perdure.cli.worker", "bench_flow_control:make_engine", "--log-level", "WARNING"],
-            cwd=ROOT,
-            env=environment,
-        )
-        for _ in range(n)
-    ]
+    return bench_postgres.start_workers(url, n, "bench_flow_control:make_engine", **env)
 
 
-def stop_workers(workers: list[subprocess.Popen[bytes]]) -> None:
-    for proc in workers:
-        proc.send_signal(signal.SIGTERM)
-    for proc in workers:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+stop_workers = bench_postgres.stop_workers
 
 
 def max_overlap(spans: list[tuple[float, float]]) -> int:

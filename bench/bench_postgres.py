@@ -113,11 +113,15 @@ async def latency(url: str, runs: int) -> dict[str, Any]:
     }
 
 
-def start_workers(url: str, n: int) -> list[subprocess.Popen[bytes]]:
-    env = {**os.environ, "PERDURE_BENCH_URL": url, "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{ROOT}"}
+def start_workers(
+    url: str, n: int, app: str = "bench_postgres:make_engine", **extra: str
+) -> list[subprocess.Popen[bytes]]:
+    """``n`` worker processes of ``app`` (a ``module:factory`` in bench/) on ``url``; ``extra``
+    goes into their environment."""
+    env = {**os.environ, "PERDURE_BENCH_URL": url, "PYTHONPATH": f"{ROOT / 'bench'}{os.pathsep}{ROOT}", **extra}
     return [
         subprocess.Popen(
-            [sys.executable, "-m", "perdure.cli.worker", "bench_postgres:make_engine", "--log-level", "WARNING"],
+            [sys.executable, "-m", "perdure.cli.worker", app, "--log-level", "WARNING"],
             cwd=ROOT,
             env=env,
         )

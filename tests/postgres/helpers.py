@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from perdure import Engine
 from tests.pg import drop_schema, new_schema_name, require_server, server_url, with_params
 from tests.postgres.app import EFFECTS_TABLE
 
@@ -51,7 +53,9 @@ class Schema:
 
 
 class Worker:
-    """One worker subprocess; its log goes to ``log``."""
+    """One worker subprocess of the app ``APP`` (``module:factory``); its log goes to ``log``."""
+
+    APP = "tests.postgres.app:make_engine"
 
     def __init__(self, url: str, effects_url: str, log: Path, **env: str) -> None:
         self.log = log
@@ -64,7 +68,7 @@ class Worker:
             **env,
         }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "perdure.cli.worker", "tests.postgres.app:make_engine", "--log-level", "INFO"],
+            [sys.executable, "-m", "perdure.cli.worker", self.APP, "--log-level", "INFO"],
             cwd=ROOT,
             env=environment,
             stdout=self.log_file,
@@ -126,3 +130,16 @@ def overlapping(intervals: list[tuple[float, float]]) -> list[tuple[tuple[float,
     """Pairs of intervals that overlap (each touching pair reported once)."""
     ordered = sorted(intervals)
     return [(a, b) for a, b in zip(ordered, ordered[1:], strict=False) if b[0] < a[1]]
+
+
+async def wait_all_complete(engine: Engine, workflow: str, n: int, timeout: float) -> None:
+    """Until ``n`` instances of ``workflow`` are complete (none errored); fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        counts = (await engine.store.count_by_status(workflow)).get(workflow, {})
+        if counts.get("complete", 0) == n:
+            return
+        assert not counts.get("errored"), counts
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not all {n} instances completed within {timeout}s: {counts}")

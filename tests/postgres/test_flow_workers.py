@@ -35,10 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from collections import defaultdict
 from collections.abc import Mapping
@@ -60,7 +57,7 @@ from tests.postgres.flow_worker import (
     Metered,
     Spans,
 )
-from tests.postgres.helpers import ROOT, Schema, Worker, new_app_name
+from tests.postgres.helpers import Schema, Worker, new_app_name, wait_all_complete
 
 pytestmark = pytest.mark.slow
 
@@ -74,34 +71,12 @@ Span = tuple[float, float]
 
 
 class FlowWorker(Worker):
-    """A worker subprocess running ``tests.postgres.flow_worker`` (helpers.Worker runs app.py)."""
+    """A worker subprocess running ``tests.postgres.flow_worker``, with a short lease."""
+
+    APP = "tests.postgres.flow_worker:make_engine"
 
     def __init__(self, url: str, effects_url: str, log: Path, **env: str) -> None:
-        self.log = log
-        self.log_file = open(log, "ab")  # closed by stop() or kill()
-        environment = {
-            **os.environ,
-            "PERDURE_TEST_URL": url,
-            "PERDURE_TEST_EFFECTS_URL": effects_url,
-            "PERDURE_TEST_LEASE_TTL": str(LEASE_TTL),
-            "PYTHONPATH": str(ROOT),
-            **env,
-        }
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "perdure.cli.worker",
-                "tests.postgres.flow_worker:make_engine",
-                "--log-level",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env=environment,
-            stdout=self.log_file,
-            stderr=subprocess.STDOUT,
-        )
-        self.pid = self.proc.pid
+        super().__init__(url, effects_url, log, PERDURE_TEST_LEASE_TTL=str(LEASE_TTL), **env)
 
 
 def client(schema: Schema) -> Engine:
@@ -112,18 +87,6 @@ def client(schema: Schema) -> Engine:
     for name in METERED:
         engine.register(Metered, name=name)
     return engine
-
-
-async def wait_all_complete(engine: Engine, workflow: str, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    counts: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        counts = (await engine.store.count_by_status(workflow)).get(workflow, {})
-        if counts.get("complete", 0) == n:
-            return
-        assert not counts.get("errored"), counts
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not all {n} instances completed within {timeout}s: {counts}")
 
 
 def max_overlap(spans: list[Span]) -> int:

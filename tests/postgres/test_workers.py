@@ -20,7 +20,7 @@ import pytest
 
 from perdure import Engine
 from tests.postgres.app import CHAIN_STEPS, LONG_STEP_SECONDS, Chain, Long
-from tests.postgres.helpers import Schema, Worker, new_app_name, overlapping, terminate_backends
+from tests.postgres.helpers import Schema, Worker, new_app_name, overlapping, terminate_backends, wait_all_complete
 from tests.postgres.proxy import Proxy
 
 pytestmark = pytest.mark.slow
@@ -40,18 +40,6 @@ async def create_chains(engine: Engine, n: int) -> None:
     binding = engine.binding("chain")
     for start in range(0, n, 100):
         await binding.create_batch([{"id": f"c{i:04d}"} for i in range(start, min(n, start + 100))])
-
-
-async def wait_all_complete(engine: Engine, workflow: str, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    counts: dict[str, int] = {}
-    while time.monotonic() < deadline:
-        counts = (await engine.store.count_by_status(workflow)).get(workflow, {})
-        if counts.get("complete", 0) == n:
-            return
-        assert not counts.get("errored"), counts
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not all {n} instances completed within {timeout}s: {counts}")
 
 
 def check_chains(schema: Schema, n: int) -> None:
