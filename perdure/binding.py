@@ -218,8 +218,9 @@ class Instance:
         self._engine = binding._engine
         self.id = id
         self.pk = pk
-        #: The record as ``create`` stored it (queued), when this handle comes from a create: a
-        #: caller that shows what it created (the REST API) needs no read of the row back.
+        #: The record as ``create`` stored it (queued, or running when this process started it:
+        #: Engine.local_start), when this handle comes from a create: a caller that shows what
+        #: it created (the REST API) needs no read of the row back.
         self.created = created
 
     @property

@@ -15,10 +15,11 @@ memory, only rows.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn, Protocol, overload
 
 from . import validators
@@ -514,13 +515,19 @@ class Step:
             return
         if remaining > self._fast_wait:
             self._suspend(deadline)
-        # A short wait is kept in memory, but the instance reads ``waiting`` meanwhile (unless a
-        # concurrent step is running): pause() and terminate() then act at once.
+        async with self._waiting_in_memory(deadline):
+            await self._clock.sleep(remaining)
+
+    @contextlib.asynccontextmanager
+    async def _waiting_in_memory(self, deadline: float) -> AsyncIterator[None]:
+        """A short wait kept in memory: the instance reads ``waiting`` meanwhile (unless a
+        concurrent step is running), so that pause() and terminate() act at once, and
+        ``running`` again after the last such wait ends."""
         self._waits += 1
         try:
             if self._waits == 1 and self._active == 0:
                 await self._mark_waiting(deadline)
-            await self._clock.sleep(remaining)
+            yield
         finally:
             self._waits -= 1
         if self._waits == 0 and self._marked:
@@ -617,10 +624,7 @@ class Step:
             return None
         event = None
         pause, waited = 0.002, 0.0
-        self._waits += 1
-        try:
-            if self._waits == 1 and self._active == 0:
-                await self._mark_waiting(record.wake_at)
+        async with self._waiting_in_memory(record.wake_at):
             while waited < budget and event is None:
                 await asyncio.sleep(pause)
                 waited += pause
@@ -636,10 +640,6 @@ class Step:
                 except Exception as exc:
                     self.stopping = Stop("lost")
                     raise self.stopping from exc
-        finally:
-            self._waits -= 1
-        if self._waits == 0 and self._marked:
-            await self._mark_waiting(None)
         return event
 
     # -- bookkeeping ---------------------------------------------------------------------------

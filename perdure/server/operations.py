@@ -415,7 +415,7 @@ class Operations:
         return await self._summary(instance)
 
     async def _summary(self, instance: Instance) -> dict[str, Any]:
-        # a create's response shows the instance as created (queued), without reading it back
+        # a create's response shows the instance as created, without reading it back
         return instance_summary(instance.created or await instance.record())
 
     async def list_instances(

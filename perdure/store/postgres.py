@@ -62,7 +62,7 @@ from psycopg import sql
 from psycopg_pool import AsyncConnectionPool
 
 from ..errors import Fenced, InstanceAlreadyExistsError, ValidationError
-from ..records import COMPLETE, QUEUED, RUNNING, InstanceRecord, LocalStart, NewInstance, StepRecord, WorkflowRecord
+from ..records import COMPLETE, InstanceRecord, LocalStart, NewInstance, StepRecord, WorkflowRecord
 from .migrations.postgres import migrate
 from .pg_commit import Conn, GroupCommit, Outcome, PgTx, Transactions, Write, WriteFn
 from .pg_counts import CountFolder
@@ -79,7 +79,7 @@ from .pg_sql import (
     UPSERT_STEP,
 )
 from .pg_url import parse_url
-from .rows import dumps, finish_history, instance_from_row, step_row, workflow_rows
+from .rows import created_record, dumps, finish_history, instance_from_row, step_row, workflow_rows
 from .sql import SQLStore, Tx, postgres_dialect
 
 log = logging.getLogger("perdure.postgres")
@@ -309,51 +309,10 @@ class PostgresStore(SQLStore):
         skip_existing: bool,
         start: LocalStart | None = None,
     ) -> list[InstanceRecord]:
-        """Mirrors sqlite's create_instances in one statement (:data:`CREATE`), inserting in
-        the given order (so pks, hence the claim order, follow it). An id that exists, or that
-        repeats an earlier item, is skipped or raises; raising leaves nothing behind."""
-        params = {
-            "workflow": workflow,
-            "now": now,
-            "ids": [item.id for item in items],
-            "params": [item.params_json for item in items],
-            "triggers": [item.trigger for item in items],
-            "schedules": [dumps(item.schedule) for item in items],
-            "kept": [item.success_retention for item in items],
-            "kept_failed": [item.error_retention for item in items],
-            "keys": [item.concurrency_key for item in items],
-            "priorities": [item.priority for item in items],
-            "channel": self.channel,
-            "token": self.token,
-        }
-
-        async def op(conn: Conn) -> list[InstanceRecord]:
-            cur = await conn.execute(self._q(CREATE), params)
-            inserted = {row[0]: int(row[1]) for row in await cur.fetchall()}
-            created = []
-            for item in items:
-                pk = inserted.pop(item.id, None)
-                if pk is None:
-                    if skip_existing:
-                        continue
-                    raise InstanceAlreadyExistsError(
-                        f"an instance with id {item.id!r} already exists in workflow {workflow!r}"
-                    )
-                record = InstanceRecord(
-                    pk=pk,
-                    workflow=workflow,
-                    id=item.id,
-                    status=QUEUED,
-                    params=json.loads(item.params_json),
-                    trigger=item.trigger,
-                    created_at=now,
-                    schedule=item.schedule,
-                    concurrency_key=item.concurrency_key,
-                    priority=item.priority,
-                )
-                created.append(record)
-            return created
-
+        """Mirrors sqlite's create_instances in one statement: :data:`CREATE` for several items,
+        inserting in the given order (so pks, hence the claim order, follow it), and
+        :data:`CREATE_GROUP` for one (see below). An id that exists, or that repeats an earlier
+        item, is skipped or raises; raising leaves nothing behind."""
         if len(items) == 1:
             # A lone create commits on its own connection at once, unless other lone creates
             # are under way: then it joins the group commit, so that creates arriving together
@@ -385,6 +344,36 @@ class PostgresStore(SQLStore):
             return created
         if start is not None:
             raise ValueError("a local start creates one instance")
+        params = {
+            "workflow": workflow,
+            "now": now,
+            "ids": [item.id for item in items],
+            "params": [item.params_json for item in items],
+            "triggers": [item.trigger for item in items],
+            "schedules": [dumps(item.schedule) for item in items],
+            "kept": [item.success_retention for item in items],
+            "kept_failed": [item.error_retention for item in items],
+            "keys": [item.concurrency_key for item in items],
+            "priorities": [item.priority for item in items],
+            "channel": self.channel,
+            "token": self.token,
+        }
+
+        async def op(conn: Conn) -> list[InstanceRecord]:
+            cur = await conn.execute(self._q(CREATE), params)
+            inserted = {row[0]: int(row[1]) for row in await cur.fetchall()}
+            created = []
+            for item in items:
+                pk = inserted.pop(item.id, None)
+                if pk is None:
+                    if skip_existing:
+                        continue
+                    raise InstanceAlreadyExistsError(
+                        f"an instance with id {item.id!r} already exists in workflow {workflow!r}"
+                    )
+                created.append(created_record(workflow, pk, item, now))
+            return created
+
         # Alone in autocommit unless a refusal must undo other items' inserts: with
         # skip_existing nothing is refused.
         result: list[InstanceRecord] = await self._transact(op, single=skip_existing)
@@ -418,21 +407,7 @@ class PostgresStore(SQLStore):
             if pk is None:
                 outcomes.append(([], None))
                 continue
-            record = InstanceRecord(
-                pk=pk,
-                workflow=workflow,
-                id=item.id,
-                status=QUEUED if start is None else RUNNING,
-                params=json.loads(item.params_json),
-                trigger=item.trigger,
-                created_at=now,
-                schedule=item.schedule,
-                concurrency_key=item.concurrency_key,
-                priority=item.priority,
-            )
-            if start is not None:
-                record.epoch, record.started_at, record.owner = 1, now, start.owner
-            outcomes.append(([record], None))
+            outcomes.append(([created_record(workflow, pk, item, now, start)], None))
         return outcomes
 
     async def count_by_status(self, workflow: str | None = None) -> dict[str, dict[str, int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..records import InstanceRecord, StepRecord, WorkflowRecord
+from ..records import QUEUED, RUNNING, InstanceRecord, LocalStart, NewInstance, StepRecord, WorkflowRecord
 
 INSTANCE_COLUMNS = (
     "pk, workflow, id, status, params, trigger, created_at, epoch, started_at, ended_at, "
@@ -52,6 +52,28 @@ def instance_from_row(row: tuple[Any, ...]) -> InstanceRecord:
         concurrency_key=row[16],
         priority=row[17],
     )
+
+
+def created_record(
+    workflow: str, pk: int, item: NewInstance, now: float, start: LocalStart | None = None
+) -> InstanceRecord:
+    """The record of ``item`` as both backends' creates insert it: queued, or with ``start``
+    created claimed (running for ``start.owner``, epoch 1, started now)."""
+    record = InstanceRecord(
+        pk=pk,
+        workflow=workflow,
+        id=item.id,
+        status=QUEUED,
+        params=json.loads(item.params_json),
+        trigger=item.trigger,
+        created_at=now,
+        schedule=item.schedule,
+        concurrency_key=item.concurrency_key,
+        priority=item.priority,
+    )
+    if start is not None:
+        record.status, record.epoch, record.started_at, record.owner = RUNNING, 1, now, start.owner
+    return record
 
 
 def finish_history(status: str, output_json: str | None, error: dict[str, str] | None) -> tuple[str, Any]:

@@ -48,6 +48,7 @@ from .rows import (
     INSTANCE_COLUMNS,
     WORKFLOW_COLUMNS,
     WORKFLOW_UPSERT,
+    created_record,
     dumps,
     finish_history,
     instance_from_row,
@@ -334,23 +335,7 @@ class SQLiteStore(SQLStore):
                 _history(conn, pk, "WORKFLOW_QUEUED", now, {"trigger": item.trigger})
                 if start is not None:
                     _history(conn, pk, "WORKFLOW_START", now)
-                created.append(
-                    InstanceRecord(
-                        pk=pk,
-                        workflow=workflow,
-                        id=item.id,
-                        status=status,  # type: ignore[arg-type]
-                        epoch=epoch,
-                        started_at=started,
-                        owner=owner,
-                        params=json.loads(item.params_json),
-                        trigger=item.trigger,
-                        created_at=now,
-                        schedule=item.schedule,
-                        concurrency_key=item.concurrency_key,
-                        priority=item.priority,
-                    )
-                )
+                created.append(created_record(workflow, pk, item, now, start))
             return created
 
         result: list[InstanceRecord] = await self._write(op, atomic=True)
