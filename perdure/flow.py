@@ -33,6 +33,7 @@ resumption is claimed within the limits again. The store keeps the limits with t
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -44,6 +45,11 @@ from .records import FlowLimits
 
 MAX_PRIORITY = 2**31 - 1  # the column is a 32-bit integer on PostgreSQL
 MAX_KEY_LENGTH = 256
+#: The control characters (C0, DEL, C1) a concurrency key may not contain, as a regex class
+#: body: the REST API's schema states the same rule as a pattern. Lone surrogates (which no
+#: database stores as text) are refused too; a JSON body cannot bring one (perdure.server.api).
+KEY_CONTROL = r"\x00-\x1f\x7f-\x9f"
+_KEY_FORBIDDEN_RE = re.compile(f"[{KEY_CONTROL}\ud800-\udfff]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,8 @@ def priority(value: Any) -> int:
     """A ``create(priority=)``: an integer from 0 (the default, first) to 2**31 - 1."""
     if value is None:
         return 0
+    if isinstance(value, float) and value.is_integer():  # JSON Schema: 3.0 is an integer
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PRIORITY:
         raise ValidationError(f"priority must be an integer from 0 to {MAX_PRIORITY} (lower runs first), got {value!r}")
     return value
@@ -134,8 +142,10 @@ def concurrency_key(value: Any) -> str | None:
         raise ValidationError(
             f"concurrency_key must be a non-empty string of at most {MAX_KEY_LENGTH} characters, got {value!r:.80}"
         )
-    if not value.isprintable():
-        raise ValidationError(f"concurrency_key must be printable text, got {value!r:.80}")
+    if _KEY_FORBIDDEN_RE.search(value):
+        raise ValidationError(
+            f"concurrency_key must not contain control characters or lone surrogates, got {value!r:.80}"
+        )
     return value
 
 

@@ -83,7 +83,10 @@ def encode_json(value: Any, what: str, limit: int = MAX_PAYLOAD_BYTES) -> str:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"{what} is not JSON-serialisable: {exc}") from None
-    size = len(text.encode("utf-8"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800"): no store takes it as text
+        raise ValidationError(f"{what} has a string that is not valid Unicode (a lone surrogate)") from None
     if size > limit:
         raise ValidationError(f"{what} is {size} bytes JSON-encoded; the limit is {limit} bytes (1 MiB)")
     return text

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -131,9 +132,36 @@ async def read_json(request: Request, *, required: bool) -> Any:
             f"the body must be sent as Content-Type application/json (or application/*+json); this request has {sent}",
         )
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        value = json.loads(body, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
         raise ApiError(400, "invalid_json", f"the request body is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(value):
+        # "\ud800" alone parses, but is no Unicode text: no store (nor a UTF-8 response) takes it
+        raise ApiError(
+            400, "invalid_json", "the request body has a string with a lone surrogate escape (\\ud800-\\udfff)"
+        )
+    return value
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")  # pairs too: then look closer
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    """Whether a string in ``value`` (a key or a value, at any depth) is not valid Unicode."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
 
 
 def _ops(request: Request) -> Operations:

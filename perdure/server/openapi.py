@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..flow import MAX_KEY_LENGTH, MAX_PRIORITY
+from ..flow import KEY_CONTROL, MAX_KEY_LENGTH, MAX_PRIORITY
 from ..records import STATUSES
 from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
 from .operations import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LIST_LIMIT
@@ -363,6 +363,7 @@ def _schemas() -> dict[str, Any]:
                         "type": "string",
                         "minLength": 1,
                         "maxLength": MAX_KEY_LENGTH,
+                        "pattern": f"^[^{KEY_CONTROL}]+$",
                         "description": "the key it counts under for the workflow's concurrency_per_key",
                     }
                 ),

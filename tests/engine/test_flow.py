@@ -249,12 +249,21 @@ async def test_bad_flow_control_values_are_refused(make_engine: Make) -> None:
         ({"concurrency_key": ""}, "concurrency_key"),
         ({"concurrency_key": 42}, "concurrency_key"),
         ({"concurrency_key": "x" * 257}, "concurrency_key"),
+        ({"concurrency_key": "tenant\x89"}, "control characters"),
+        ({"concurrency_key": "\x00"}, "control characters"),
+        ({"concurrency_key": "a\ud800"}, "lone surrogates"),
     ]:
         with pytest.raises(ValidationError, match=message):
             await work.create(**options)
+    assert (await work.create(id="float-priority", priority=3.0)).created.priority == 3  # type: ignore[union-attr,arg-type]
+    with pytest.raises(ValidationError, match="priority"):
+        await work.create(priority=2.5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="lone surrogate"):
+        await work.create(params={"text": "\ud800"})
     with pytest.raises(ValidationError, match="allowed"):
         await work.create_batch([{"id": "x", "priority": 1, "urgent": True}])
-    assert (await (await engine.ensure_store()).list_instances("work")).items == []  # nothing stored
+    stored = (await (await engine.ensure_store()).list_instances("work")).items
+    assert [r.id for r in stored] == ["float-priority"]  # nothing refused was stored
 
 
 class UnknownLimit(WorkflowEntrypoint):

@@ -149,6 +149,12 @@ async def test_error_classes(engine: Engine, client: httpx.AsyncClient) -> None:
     )
     error_of(await client.post(base, content=b"NaN", headers={"content-type": "application/json"}), 400, "invalid_json")
     error_of(await client.patch(f"{base}/e1/status"), 400, "invalid_json")
+    # a lone surrogate escape parses but is no Unicode text: refused, not a 500 from the store
+    json_type = {"content-type": "application/json"}
+    for lone in (b'{"id": "s1", "params": {"a": "\\ud800"}}', b'{"id": "s2", "concurrency_key": "k\\udfff"}'):
+        error_of(await client.post(base, content=lone, headers=json_type), 400, "invalid_json")
+    paired = await client.post(base, content=b'{"id": "s3", "params": "\\ud83d\\ude00"}', headers=json_type)
+    assert paired.status_code == 201 and (await client.get(f"{base}/s3")).json()["params"] == "\U0001f600"
     error_of(await client.post(base, json="a string"), 400, "validation_error")
     error_of(await client.post(base, json={"id": "bad id!"}), 400, "validation_error")
     error_of(await client.post(base, json={"id": "ok", "extra": 1}), 400, "validation_error")
