@@ -473,7 +473,10 @@ class Engine:
         plain = [name for name, r in self._registry.items() if r.flow is None]
         count = 0
         if plain:
-            for record in await self.store.claim(self.owner, free, now, wall + self.lease_ttl, plain, lease_now=wall):
+            claimed = await self.store.claim(
+                self.owner, free, now, wall + self.lease_ttl, plain, lease_now=wall, kept=self._histories.keys()
+            )
+            for record in claimed:
                 self._launch(record, leased_at)
                 count += 1
         self._backlog = count >= free  # queued instances may be left: local starts wait their turn
@@ -599,6 +602,8 @@ class Engine:
                 # Claimed again by this worker and by nobody in between (every claim, control
                 # call and restart bumps the epoch): the steps stored are the ones it kept.
                 steps = kept[1]
+            elif record.steps is not None:  # read with the claim
+                steps = record.steps
             else:
                 steps = await self.store.load_steps(record.pk)
             step = Step(

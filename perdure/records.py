@@ -98,6 +98,9 @@ class InstanceRecord:
     terminating: dict[str, str] | None = None
     concurrency_key: str | None = None  # flow control (perdure.flow)
     priority: int = 0
+    #: The stored steps, when a claim read them with the instance (one query for the whole
+    #: batch instead of one per instance at its replay); None: not read, ask the store.
+    steps: list[StepRecord] | None = None
 
 
 @dataclass(slots=True)

@@ -27,7 +27,7 @@ written once in :mod:`perdure.store.sql`.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 from ..records import (
@@ -124,9 +124,12 @@ class Store(abc.ABC):
         workflows: list[str],
         *,
         lease_now: float | None = None,
+        kept: Collection[int] = (),
     ) -> list[InstanceRecord]:
         """Mark up to ``limit`` runnable instances of ``workflows`` running for ``owner`` and
-        bump their epoch.
+        bump their epoch. Each record comes with its stored steps (``record.steps``, read in
+        the same transaction), except those whose pk is in ``kept``: the engine holds their
+        history already (a long one, not worth reading again).
 
         Runnable, in priority order: waiting instances whose ``wake_at`` passed, queued ones
         (oldest first), and running ones whose lease expired (their worker died).

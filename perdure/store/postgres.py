@@ -55,7 +55,7 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import Any, TypeVar
 
 from psycopg import sql
@@ -79,7 +79,16 @@ from .pg_sql import (
     UPSERT_STEP,
 )
 from .pg_url import parse_url
-from .rows import created_record, dumps, finish_history, instance_from_row, step_row, workflow_rows
+from .rows import (
+    STEP_COLUMNS,
+    attach_steps,
+    created_record,
+    dumps,
+    finish_history,
+    instance_from_row,
+    step_row,
+    workflow_rows,
+)
 from .sql import SQLStore, Tx, postgres_dialect
 
 log = logging.getLogger("perdure.postgres")
@@ -447,9 +456,11 @@ class PostgresStore(SQLStore):
         workflows: list[str],
         *,
         lease_now: float | None = None,
+        kept: Collection[int] = (),
     ) -> list[InstanceRecord]:
-        """Mirrors sqlite's claim, in one statement (:data:`CLAIM`). Every candidate is locked
-        ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint rows without waiting."""
+        """Mirrors sqlite's claim, in one statement (:data:`CLAIM`), and the claimed histories
+        in a second. Every candidate is locked ``FOR UPDATE SKIP LOCKED``, so concurrent
+        workers take disjoint rows without waiting."""
         if not workflows:
             return []
         params = {
@@ -463,7 +474,18 @@ class PostgresStore(SQLStore):
 
         async def op(conn: Conn) -> list[InstanceRecord]:
             cur = await conn.execute(self._q(CLAIM), params)
-            return [instance_from_row(row) for row in await cur.fetchall()]
+            claimed = [instance_from_row(row) for row in await cur.fetchall()]
+            read = [record.pk for record in claimed if record.pk not in kept]
+            if read:  # one round trip for the batch's histories, not one per replay
+                cur = await conn.execute(
+                    self._q(
+                        f"SELECT instance_pk, {STEP_COLUMNS} FROM {{s}}.steps"
+                        " WHERE instance_pk = ANY(%s::bigint[]) ORDER BY instance_pk, seq"
+                    ),
+                    (read,),
+                )
+                attach_steps([record for record in claimed if record.pk not in kept], await cur.fetchall())
+            return claimed
 
         result: list[InstanceRecord] = await self._write(op, single=True)
         self._maybe_fold()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from ..records import QUEUED, RUNNING, InstanceRecord, LocalStart, NewInstance, StepRecord, WorkflowRecord
@@ -73,6 +74,7 @@ def created_record(
     )
     if start is not None:
         record.status, record.epoch, record.started_at, record.owner = RUNNING, 1, now, start.owner
+        record.steps = []  # a new row: its run starts from an empty history, nothing to read
     return record
 
 
@@ -83,6 +85,18 @@ def finish_history(status: str, output_json: str | None, error: dict[str, str] |
     if status == "terminated":  # after terminate(rollback=True) ran the handlers
         return "WORKFLOW_TERMINATED", {"rollback": True}
     return "WORKFLOW_FAILURE", {"error": error}
+
+
+def attach_steps(records: list[InstanceRecord], rows: Iterable[tuple[Any, ...]]) -> None:
+    """Give each claimed record its steps from ``rows`` of ``instance_pk, STEP_COLUMNS`` in
+    ``instance_pk, seq`` order; a record without rows gets an empty history."""
+    by_pk = {record.pk: record for record in records}
+    for record in records:
+        record.steps = []
+    for row in rows:
+        steps = by_pk[row[0]].steps
+        assert steps is not None
+        steps.append(step_from_row(row[1:]))
 
 
 def step_from_row(row: tuple[Any, ...]) -> StepRecord:

@@ -116,3 +116,27 @@ async def test_queue_methods_keep_order_leases_and_dead_letters(db_url: str) -> 
         assert later not in {m.id for m in first + second + again}
     finally:
         await store.close()
+
+
+async def test_a_claim_reads_the_histories_of_the_instances_it_takes(db_url: str) -> None:
+    """One query for a claimed batch's steps (replays need them), except the ones ``kept``
+    names: the engine holds those histories itself."""
+    store = open_store(db_url)
+    await store.open()
+    try:
+        await store.create_instances("wf", [NewInstance(f"i{n}", "{}") for n in range(3)], 1.0, skip_existing=False)
+        fresh = await store.claim("w1", 3, now=2.0, lease_until=100.0, workflows=["wf"])
+        assert [r.steps for r in fresh] == [[], [], []]  # nothing stored yet: empty, not unread
+        for n, record in enumerate(fresh):
+            for name in ("a", "b")[: n + 1]:
+                done = StepRecord(DO, name, 1, "complete", 2.0, result=[n, name])
+                await store.save_step(record.pk, record.epoch, done)
+            await store.suspend(record.pk, record.epoch, wake_at=3.0, wait_types=[], now=2.5)
+        kept = fresh[2].pk
+        woken = {r.id: r for r in await store.claim("w1", 3, now=4.0, lease_until=100.0, workflows=["wf"], kept={kept})}
+        assert [(s.name, s.result) for s in woken["i0"].steps or []] == [("a", [0, "a"])]
+        assert [(s.name, s.result) for s in woken["i1"].steps or []] == [("a", [1, "a"]), ("b", [1, "b"])]
+        assert woken["i2"].steps is None  # kept: not read
+        assert [s.name for s in await store.load_steps(kept)] == ["a", "b"]
+    finally:
+        await store.close()
