@@ -66,10 +66,6 @@ __all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "SQLiteStore"]
 EXPIRES = "CASE WHEN ? = 'complete' THEN success_retention ELSE error_retention END"
 
 T = TypeVar("T")
-# Pages kept in memory per connection, in KiB (negative: a size, not a page count). SQLite's
-# default, 2 MiB, holds the indexes of ~20,000 instances: past that every claim and finish
-# reads index pages back from the OS (a 100,000-instance wake storm ran 25% slower per wake).
-CACHE_KIB = -65536
 # How long a write waits for another process's write lock, unless the store says otherwise.
 DEFAULT_BUSY_TIMEOUT_MS = 10_000
 
@@ -188,7 +184,6 @@ class SQLiteStore(SQLStore):
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.durability.upper()}")
         conn.execute("PRAGMA recursive_triggers = ON")  # so that a REPLACE's deletes are counted
-        conn.execute(f"PRAGMA cache_size = {CACHE_KIB}")
         return conn
 
     def _connect_read_only(self) -> sqlite3.Connection:
