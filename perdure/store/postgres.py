@@ -82,6 +82,7 @@ from .pg_url import parse_url
 from .rows import (
     STEP_COLUMNS,
     attach_steps,
+    complete_due_sleeps,
     created_record,
     dumps,
     finish_history,
@@ -475,6 +476,11 @@ class PostgresStore(SQLStore):
         async def op(conn: Conn) -> list[InstanceRecord]:
             cur = await conn.execute(self._q(CLAIM), params)
             claimed = [instance_from_row(row) for row in await cur.fetchall()]
+            if claimed:  # the sleeps they wake from end now (rows.complete_due_sleeps)
+                await conn.execute(
+                    self._q(f"UPDATE {{s}}.steps SET {complete_due_sleeps('%s')} AND instance_pk = ANY(%s::bigint[])"),
+                    (now, now, [record.pk for record in claimed]),
+                )
             read = [record.pk for record in claimed if record.pk not in kept]
             if read:  # one round trip for the batch's histories, not one per replay
                 cur = await conn.execute(

@@ -13,6 +13,7 @@ INSTANCE_COLUMNS = (
     "output, error, wake_at, schedule, owner, terminating, concurrency_key, priority"
 )
 STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
+
 WORKFLOW_COLUMNS = "name, class_name, schedules, step_limit, registered_at, updated_at, flow"
 # The tail of both backends' ``INSERT INTO workflows (WORKFLOW_COLUMNS) ...``: a new registration
 # replaces what an older one said, except when the workflow was first seen.
@@ -20,6 +21,18 @@ WORKFLOW_UPSERT = """
     ON CONFLICT (name) DO UPDATE SET
         class_name = excluded.class_name, schedules = excluded.schedules, step_limit = excluded.step_limit,
         updated_at = excluded.updated_at, flow = excluded.flow"""
+
+
+def complete_due_sleeps(mark: str) -> str:
+    """``SET ... WHERE ...`` of the ``UPDATE steps`` with which a claim ends the sleeps the
+    claimed instances wake from (deadline passed; two parameters, both now, written ``mark``)
+    in one statement, as their replays would one write each (``Step._sleep``); the replay then
+    finds them complete. A paused instance's deadlines moved when it resumed (``resume``)."""
+    return (
+        f"status = 'complete', ended_at = {mark}, wake_at = NULL"
+        f" WHERE kind = 'sleep' AND status = 'waiting' AND wake_at <= {mark}"
+    )
+
 
 # -- row conversion ------------------------------------------------------------------------------
 

@@ -50,6 +50,7 @@ from .rows import (
     WORKFLOW_COLUMNS,
     WORKFLOW_UPSERT,
     attach_steps,
+    complete_due_sleeps,
     created_record,
     dumps,
     finish_history,
@@ -435,6 +436,12 @@ class SQLiteStore(SQLStore):
                 if record.started_at == max(now, record.created_at):
                     _history(conn, pk, "WORKFLOW_START", record.started_at)
                 claimed.append(record)
+            if claimed:  # the sleeps they wake from end now: one statement, not a write per replay
+                marks = ",".join("?" * len(claimed))
+                conn.execute(
+                    f"UPDATE steps SET {complete_due_sleeps('?')} AND instance_pk IN ({marks})",
+                    (now, now, *(record.pk for record in claimed)),
+                )
             read = [record for record in claimed if record.pk not in kept]
             if read:  # their histories in one query, not one per replay (a wake storm's cost)
                 marks = ",".join("?" * len(read))

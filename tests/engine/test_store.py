@@ -7,7 +7,7 @@ import json
 import pytest
 
 from perdure.errors import Fenced
-from perdure.records import DO, NewInstance, StepRecord
+from perdure.records import DO, SLEEP, NewInstance, StepRecord
 from perdure.store import open_store
 
 
@@ -138,5 +138,26 @@ async def test_a_claim_reads_the_histories_of_the_instances_it_takes(db_url: str
         assert [(s.name, s.result) for s in woken["i1"].steps or []] == [("a", [1, "a"]), ("b", [1, "b"])]
         assert woken["i2"].steps is None  # kept: not read
         assert [s.name for s in await store.load_steps(kept)] == ["a", "b"]
+    finally:
+        await store.close()
+
+
+async def test_a_claim_ends_the_sleeps_its_instances_wake_from(db_url: str) -> None:
+    """A woken instance's due sleep is complete when it is claimed (one statement for the
+    batch, instead of a write from each replay); a sleep still in the future is left waiting."""
+    store = open_store(db_url)
+    await store.open()
+    try:
+        await store.create_instances("wf", [NewInstance("i", "{}")], 1.0, skip_existing=False)
+        (record,) = await store.claim("w1", 1, now=2.0, lease_until=100.0, workflows=["wf"])
+        due = StepRecord(SLEEP, "nap", 1, "waiting", 2.0, config={"duration": 1}, wake_at=3.0)
+        later = StepRecord(SLEEP, "long", 1, "waiting", 2.0, config={"duration": 9}, wake_at=11.0)
+        for step in (due, later):
+            await store.save_step(record.pk, record.epoch, step)
+        await store.suspend(record.pk, record.epoch, wake_at=3.0, wait_types=[], now=2.5)
+        (woken,) = await store.claim("w1", 1, now=4.0, lease_until=100.0, workflows=["wf"])
+        for steps in (woken.steps or [], await store.load_steps(record.pk)):
+            shown = {s.name: (s.status, s.ended_at, s.wake_at) for s in steps}
+            assert shown == {"nap": ("complete", 4.0, None), "long": ("waiting", None, 11.0)}
     finally:
         await store.close()
