@@ -142,6 +142,9 @@ class Engine:
         self._rate_limits: dict[str, RateLimit] = {}  # named step rate limits (perdure.flow)
         self._flow_retry_at: float | None = None  # when a limited workflow's claim may take more
         self._backlog = False  # the last claim filled every free slot: queued instances may wait
+        # The dispatcher wants to claim when a slot frees (it had none, or filled them all): a
+        # run that finishes nudges it then, and otherwise not (see _execute).
+        self._claim_wanted = True
         self._starting = 0  # local starts under way (local_start): slots they hold
         self._loop: asyncio.AbstractEventLoop | None = None
         # pk -> (epoch it suspended at, its steps): see _KEPT_HISTORIES
@@ -424,6 +427,7 @@ class Engine:
                     claimed = await self._claim(free)
                     if claimed == free:
                         claim_now = True  # there may be more; claim again when a slot frees
+                self._claim_wanted = claim_now
                 # A timer counts only while a slot is free (a finished run nudges us), and one
                 # that is due although we just claimed is being handled: wait for the next tick.
                 next_wake = None
@@ -667,7 +671,11 @@ class Engine:
                 if self._gates.get(record.pk) is lease:
                     del self._gates[record.pk]
             self.instance_ended(record.pk)
-            self.nudge()
+            # A freed slot is worth a claim only if the dispatcher wants one; a suspended (or
+            # lost) run has a timer or a lease for it to look at. Without this, every finished
+            # run of a sequence of create() calls cost a claim round that found nothing.
+            if record.status not in TERMINAL or self._claim_wanted:
+                self.nudge()
 
     async def _failed(self, record: InstanceRecord, step: Step, exc: BaseException, error: dict[str, str]) -> None:
         """The run failed: run its rollback handlers (perdure.rollback), then end it ``errored``
@@ -732,6 +740,7 @@ class Engine:
     ) -> None:
         public = None if error is None else {"name": error["name"], "message": error["message"]}
         await self.store.finish(record.pk, record.epoch, status, output_json, public, self.clock.now())
+        record.status = status  # type: ignore[assignment]  # this run's copy: it ended (see _execute)
 
 
 def _pid_alive(pid: int) -> bool:

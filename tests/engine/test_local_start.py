@@ -88,3 +88,43 @@ async def test_concurrent_creates_of_one_id_make_one_instance(make_engine: Make)
     page = await (await engine.ensure_store()).list_instances("quick", limit=100)
     assert len(page.items) == 21
     assert engine._starting == 0
+
+
+class Counted(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        async def one() -> int:
+            return 1
+
+        return await step.do("one", one)
+
+
+def count_claims(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    claims: list[int] = []
+    original = engine.store.claim
+
+    async def claim(*args: Any, **kwargs: Any) -> Any:
+        records = await original(*args, **kwargs)
+        claims.append(len(records))
+        return records
+
+    monkeypatch.setattr(engine.store, "claim", claim)
+    return claims
+
+
+async def test_a_run_that_finishes_nudges_the_dispatcher_only_when_it_wants_a_slot(
+    make_engine: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """create() + wait() in turn: each instance starts where it is created, and its end does
+    not cost a claim round that finds nothing (one per run before); instances queued behind
+    full slots still start as soon as one frees, not at the next poll (10 s here)."""
+    engine = make_engine(poll_interval=10.0, max_concurrent=1)
+    counted = engine.register(Counted, name="counted")
+    async with engine:
+        await asyncio.sleep(0.05)  # the first claim ran: no backlog
+        claims = count_claims(engine, monkeypatch)
+        for _ in range(30):
+            assert (await (await counted.create()).wait(5))["output"] == 1
+        assert len(claims) <= 3, claims  # the local starts needed none
+        queued = await counted.create_batch([{} for _ in range(5)])  # one slot: four wait in the queue
+        done = await asyncio.wait_for(asyncio.gather(*(i.wait() for i in queued)), 5)
+        assert [d["output"] for d in done] == [1] * 5
