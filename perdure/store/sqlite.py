@@ -580,13 +580,14 @@ class SQLiteStore(SQLStore):
         self._prefetched.forget(pk)
 
         def op(conn: sqlite3.Connection) -> None:
-            _fence(conn, pk, epoch)
-            conn.execute(
+            finished = conn.execute(  # fenced by its WHERE: one statement, not a SELECT first
                 "UPDATE instances SET status = ?, output = ?, error = ?, ended_at = ?, owner = NULL,"
                 " lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL,"
-                f" expires_at = ? + {EXPIRES} WHERE pk = ?",
-                (status, output_json, dumps(error), now, now, status, pk),
+                f" expires_at = ? + {EXPIRES} WHERE pk = ? AND epoch = ?",
+                (status, output_json, dumps(error), now, now, status, pk, epoch),
             )
+            if finished.rowcount != 1:  # nothing changed yet: the error needs no rollback
+                raise Fenced(f"instance {pk} moved past epoch {epoch}")
             kind, data = finish_history(status, output_json, error)
             _history(conn, pk, kind, now, data)
 

@@ -27,6 +27,9 @@ async def test_woken_instances_are_claimed_before_queued_ones_and_writes_are_fen
         step = StepRecord(DO, "s", 1, "complete", 103.0, result=1)
         with pytest.raises(Fenced):
             await store.save_step(first.pk, first.epoch, step)  # the old epoch is refused
+        with pytest.raises(Fenced):
+            await store.finish(first.pk, first.epoch, "complete", "1", None, now=103.0)  # so is its finish
+        assert (await store.get_by_pk(first.pk)).status == "running"  # type: ignore[union-attr]
         assert await store.save_step(woken.pk, woken.epoch, step) == "running"
         assert await store.claim("w2", 5, now=104.0, lease_until=105.0, workflows=["other"]) == []
         others = await store.claim("w2", 5, now=104.0, lease_until=105.0, workflows=["wf"])
