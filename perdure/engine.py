@@ -511,8 +511,15 @@ class Engine:
         """Cancel local runs whose instance moved on (terminated, restarted, taken over)."""
         if not self._running:
             return
+        # Only the runs that were here before the read: one launched while it was in flight
+        # (a local start, committed after the read began) is missing from it, yet ours. It
+        # was cancelled before its first step, so its cleanup never ran and its instance
+        # stayed "running", leased by us, for good (seen on PostgreSQL, a few runs in 60,000).
+        before = list(self._running.items())
         owned = await self.store.owned(self.owner)
-        for pk, (epoch, task) in list(self._running.items()):
+        for pk, (epoch, task) in before:
+            if self._running.get(pk) != (epoch, task):
+                continue  # it ended, or it was launched again, meanwhile
             current = owned.get(pk)
             if current is None or current[0] != epoch:
                 log.info("perdure: instance %s moved on (terminated, restarted or taken over); cancelling its run", pk)
@@ -595,6 +602,18 @@ class Engine:
         self._gates[record.pk] = gate
         task = asyncio.create_task(self._execute(record, gate), name=f"perdure-{record.workflow}-{record.id}")
         self._running[record.pk] = (record.epoch, task)
+        task.add_done_callback(lambda done: self._forget_run(record.pk, record.epoch, done, gate))
+
+    def _forget_run(self, pk: int, epoch: int, task: asyncio.Task[None], gate: LeaseGate) -> None:
+        """A run's task ended: if its own cleanup did not run (it was cancelled before it
+        began), drop it here, so that its lease is no longer renewed and the instance is
+        claimed again once the lease runs out, instead of never."""
+        if self._running.get(pk) == (epoch, task):
+            del self._running[pk]
+            if self._gates.get(pk) is gate:
+                del self._gates[pk]
+            self.instance_ended(pk)
+            self.nudge()
 
     # -- running one instance --------------------------------------------------------------------
     async def _execute(self, record: InstanceRecord, lease: LeaseGate) -> None:

@@ -128,3 +128,32 @@ async def test_a_run_that_finishes_nudges_the_dispatcher_only_when_it_wants_a_sl
         queued = await counted.create_batch([{} for _ in range(5)])  # one slot: four wait in the queue
         done = await asyncio.wait_for(asyncio.gather(*(i.wait() for i in queued)), 5)
         assert [d["output"] for d in done] == [1] * 5
+
+
+async def test_a_run_started_while_the_control_check_reads_is_left_alone(
+    make_engine: Make, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control check (Engine._reconcile) reads which instances are still this worker's and
+    cancels the other runs. A run started here while that read was in flight is missing from
+    it: it must not be cancelled (it was, and its instance stayed ``running`` for good)."""
+    engine = make_engine()
+    slow = engine.register(Slow, name="slow")
+    quick = engine.register(Quick, name="quick")
+    async with engine:
+        await asyncio.sleep(0.05)  # the first claim ran: no backlog
+        await slow.create(params={"s": 1.0})  # a run in flight, so that the check reads
+        original = engine.store.owned
+        reading, answer = asyncio.Event(), asyncio.Event()
+
+        async def owned(owner: str) -> Any:
+            result = await original(owner)  # read before the create below commits
+            reading.set()
+            await answer.wait()
+            return result
+
+        monkeypatch.setattr(engine.store, "owned", owned)
+        engine.control_changed()
+        await asyncio.wait_for(reading.wait(), 5)
+        instance = await quick.create(params={"n": 41})  # started here, during the read
+        answer.set()
+        assert (await instance.wait(3))["output"] == 42
