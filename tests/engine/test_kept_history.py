@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from perdure import Engine, WorkflowEntrypoint
-from tests.engine.util import until_status
+from tests.engine.util import record_claims, until_status
 
 Make = Callable[..., Engine]
 
@@ -39,32 +39,19 @@ def count_loads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return loads
 
 
-def count_claim_reads(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
-    """(pk, whether the claim read its steps) for every record claimed."""
-    claims: list[tuple[int, bool]] = []
-    original = engine.store.claim
-
-    async def claim(*args: Any, **kwargs: Any) -> Any:
-        records = await original(*args, **kwargs)
-        claims.extend((record.pk, record.steps is not None) for record in records)
-        return records
-
-    monkeypatch.setattr(engine.store, "claim", claim)
-    return claims
-
-
 async def test_a_long_history_is_replayed_from_memory_after_a_suspend(
     make_engine: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     engine = make_engine(fast_wait=0.05)
     long = engine.register(Long, name="long")
     loads = count_loads(engine, monkeypatch)
-    claims = count_claim_reads(engine, monkeypatch)
+    rounds = record_claims(engine, monkeypatch)
     async with engine:
         instance = await long.create(params={"nap_ms": 300})
         status = await instance.wait(20)
     assert status["output"] == sum(range(250)) + sum(range(10))
     assert loads == []  # the first run started from a new row (empty history), the wake from memory
+    claims = [(r.pk, r.steps is not None) for records in rounds for r in records]
     assert claims == [(instance.pk, False)]  # nor did the wake's claim: the kept history replayed
     steps = await engine.store.load_steps(instance.pk)
     assert len(steps) == 261 and all(s.status == "complete" for s in steps)
@@ -74,7 +61,7 @@ async def test_a_history_touched_meanwhile_is_read_again(make_engine: Make, monk
     engine = make_engine(fast_wait=0.05)
     long = engine.register(Long, name="long")
     loads = count_loads(engine, monkeypatch)
-    claims = count_claim_reads(engine, monkeypatch)
+    rounds = record_claims(engine, monkeypatch)
     async with engine:
         instance = await long.create(params={"nap_ms": 60_000})
         await until_status(instance, "waiting", timeout=20)
@@ -85,8 +72,8 @@ async def test_a_history_touched_meanwhile_is_read_again(make_engine: Make, monk
         await until_status(instance, "waiting", timeout=20)
         # the restarted run read its history from the store (in the claim or at the replay);
         # from memory it would skip the erased steps, and the check below would fail
-        reads = loads + [pk for pk, read in claims if read]
-        assert len(reads) >= 1 and all(pk == instance.pk for pk in reads), (loads, claims)
+        reads = loads + [r.pk for records in rounds for r in records if r.steps is not None]
+        assert len(reads) >= 1 and all(pk == instance.pk for pk in reads), (loads, rounds)
         await instance.terminate()
     steps = await engine.store.load_steps(instance.pk)
     assert sorted(s.name for s in steps if s.name.startswith("s")) == sorted(f"s{i}" for i in range(250))

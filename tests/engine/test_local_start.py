@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from perdure import Engine, InstanceAlreadyExistsError, WorkflowEntrypoint
+from tests.engine.util import record_claims
 
 Make = Callable[..., Engine]
 
@@ -98,19 +99,6 @@ class Counted(WorkflowEntrypoint):
         return await step.do("one", one)
 
 
-def count_claims(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    claims: list[int] = []
-    original = engine.store.claim
-
-    async def claim(*args: Any, **kwargs: Any) -> Any:
-        records = await original(*args, **kwargs)
-        claims.append(len(records))
-        return records
-
-    monkeypatch.setattr(engine.store, "claim", claim)
-    return claims
-
-
 async def test_a_run_that_finishes_nudges_the_dispatcher_only_when_it_wants_a_slot(
     make_engine: Make, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -121,7 +109,7 @@ async def test_a_run_that_finishes_nudges_the_dispatcher_only_when_it_wants_a_sl
     counted = engine.register(Counted, name="counted")
     async with engine:
         await asyncio.sleep(0.05)  # the first claim ran: no backlog
-        claims = count_claims(engine, monkeypatch)
+        claims = record_claims(engine, monkeypatch)
         for _ in range(30):
             assert (await (await counted.create()).wait(5))["output"] == 1
         assert len(claims) <= 3, claims  # the local starts needed none

@@ -38,3 +38,17 @@ async def until_no_runs(engine: Any, timeout: float = 0.5) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"runs still in memory: {list(engine._running)}")
         await asyncio.sleep(0.005)
+
+
+def record_claims(engine: Any, monkeypatch: Any) -> list[list[Any]]:
+    """Wrap ``engine.store.claim``: the records of every claim round, one list per round."""
+    rounds: list[list[Any]] = []
+    original = engine.store.claim
+
+    async def claim(*args: Any, **kwargs: Any) -> Any:
+        records = await original(*args, **kwargs)
+        rounds.append(list(records))
+        return records
+
+    monkeypatch.setattr(engine.store, "claim", claim)
+    return rounds
