@@ -80,9 +80,6 @@ from .pg_sql import (
 )
 from .pg_url import parse_url
 from .rows import (
-    STEP_COLUMNS,
-    attach_steps,
-    complete_due_sleeps,
     created_record,
     dumps,
     finish_history,
@@ -90,7 +87,7 @@ from .rows import (
     step_row,
     workflow_rows,
 )
-from .sql import SQLStore, Tx, postgres_dialect
+from .sql import SQLStore, Tx, postgres_dialect, resume_claimed
 
 log = logging.getLogger("perdure.postgres")
 T = TypeVar("T")
@@ -476,21 +473,7 @@ class PostgresStore(SQLStore):
         async def op(conn: Conn) -> list[InstanceRecord]:
             cur = await conn.execute(self._q(CLAIM), params)
             claimed = [instance_from_row(row) for row in await cur.fetchall()]
-            if claimed:  # the sleeps they wake from end now (rows.complete_due_sleeps)
-                await conn.execute(
-                    self._q(f"UPDATE {{s}}.steps SET {complete_due_sleeps('%s')} AND instance_pk = ANY(%s::bigint[])"),
-                    (now, now, [record.pk for record in claimed]),
-                )
-            read = [record.pk for record in claimed if record.pk not in kept]
-            if read:  # one round trip for the batch's histories, not one per replay
-                cur = await conn.execute(
-                    self._q(
-                        f"SELECT instance_pk, {STEP_COLUMNS} FROM {{s}}.steps"
-                        " WHERE instance_pk = ANY(%s::bigint[]) ORDER BY instance_pk, seq"
-                    ),
-                    (read,),
-                )
-                attach_steps([record for record in claimed if record.pk not in kept], await cur.fetchall())
+            await resume_claimed(PgTx(conn, self._q, self._notify), self.dialect, claimed, kept, now)
             return claimed
 
         result: list[InstanceRecord] = await self._write(op, single=True)

@@ -23,17 +23,6 @@ WORKFLOW_UPSERT = """
         updated_at = excluded.updated_at, flow = excluded.flow"""
 
 
-def complete_due_sleeps(mark: str) -> str:
-    """``SET ... WHERE ...`` of the ``UPDATE steps`` with which a claim ends the sleeps the
-    claimed instances wake from (deadline passed; two parameters, both now, written ``mark``)
-    in one statement, as their replays would one write each (``Step._sleep``); the replay then
-    finds them complete. A paused instance's deadlines moved when it resumed (``resume``)."""
-    return (
-        f"status = 'complete', ended_at = {mark}, wake_at = NULL"
-        f" WHERE kind = 'sleep' AND status = 'waiting' AND wake_at <= {mark}"
-    )
-
-
 # -- row conversion ------------------------------------------------------------------------------
 
 

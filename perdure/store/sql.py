@@ -22,7 +22,7 @@ import functools
 import json
 import re
 import secrets
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from ..errors import Fenced, InstanceNotFoundError, InvalidStateError, ValidationError
@@ -50,6 +50,7 @@ from .rows import (
     INSTANCE_COLUMNS,
     STEP_COLUMNS,
     WORKFLOW_COLUMNS,
+    attach_steps,
     dumps,
     instance_from_row,
     loads,
@@ -124,6 +125,33 @@ class Tx(abc.ABC):
 
     async def notify(self) -> None:  # noqa: B027 - a no-op where nobody listens
         """Tell other processes' workers to look again, when the transaction commits."""
+
+
+async def resume_claimed(
+    tx: Tx, dialect: Dialect, claimed: Sequence[InstanceRecord], kept: Collection[int], now: float
+) -> None:
+    """The rest of a claim, for the instances it took, in its transaction (both backends):
+
+    * the sleeps they wake from (deadline passed) end now, in one statement, as their replays
+      would one write each (``Step._sleep``), which then find them complete (a paused
+      instance's deadlines moved when it resumed);
+    * each gets its stored steps (``record.steps``), read in one query instead of one per
+      replay, except those in ``kept``: histories the engine holds itself."""
+    if not claimed:
+        return
+    where, pks = dialect.in_list("instance_pk", [record.pk for record in claimed])
+    await tx.run(
+        "UPDATE {s}.steps SET status = 'complete', ended_at = %s, wake_at = NULL"
+        f" WHERE kind = 'sleep' AND status = 'waiting' AND wake_at <= %s AND {where}",
+        (now, now, *pks),
+    )
+    unread = [record for record in claimed if record.pk not in kept]
+    if unread:
+        where, pks = dialect.in_list("instance_pk", [record.pk for record in unread])
+        rows = await tx.all(
+            f"SELECT instance_pk, {STEP_COLUMNS} FROM {{s}}.steps WHERE {where} ORDER BY instance_pk, seq", pks
+        )
+        attach_steps(unread, rows)
 
 
 def run_now(coro: Coroutine[Any, Any, T]) -> T:

@@ -46,11 +46,8 @@ from .event_prefetch import AHEAD, Prefetched
 from .migrations.sqlite import SCHEMA_VERSION, check_layout, create_or_upgrade
 from .rows import (
     INSTANCE_COLUMNS,
-    STEP_COLUMNS,
     WORKFLOW_COLUMNS,
     WORKFLOW_UPSERT,
-    attach_steps,
-    complete_due_sleeps,
     created_record,
     dumps,
     finish_history,
@@ -58,7 +55,7 @@ from .rows import (
     step_row,
     workflow_rows,
 )
-from .sql import SQLITE, SQLStore, Tx, run_now
+from .sql import SQLITE, SQLStore, Tx, resume_claimed, run_now
 from .sqlite_writer import Writer, database_error, is_busy, locked_error
 
 __all__ = ["DEFAULT_BUSY_TIMEOUT_MS", "SCHEMA_VERSION", "SQLiteStore"]
@@ -436,21 +433,7 @@ class SQLiteStore(SQLStore):
                 if record.started_at == max(now, record.created_at):
                     _history(conn, pk, "WORKFLOW_START", record.started_at)
                 claimed.append(record)
-            if claimed:  # the sleeps they wake from end now: one statement, not a write per replay
-                marks = ",".join("?" * len(claimed))
-                conn.execute(
-                    f"UPDATE steps SET {complete_due_sleeps('?')} AND instance_pk IN ({marks})",
-                    (now, now, *(record.pk for record in claimed)),
-                )
-            read = [record for record in claimed if record.pk not in kept]
-            if read:  # their histories in one query, not one per replay (a wake storm's cost)
-                marks = ",".join("?" * len(read))
-                rows = conn.execute(
-                    f"SELECT instance_pk, {STEP_COLUMNS} FROM steps WHERE instance_pk IN ({marks})"
-                    " ORDER BY instance_pk, seq",
-                    [record.pk for record in read],
-                )
-                attach_steps(read, rows)
+            run_now(resume_claimed(_Tx(conn), SQLITE, claimed, kept, now))
             return claimed
 
         result: list[InstanceRecord] = await self._write(op)
