@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -143,7 +144,7 @@ class Engine:
         self._flow_retry_at: float | None = None  # when a limited workflow's claim may take more
         self._backlog = False  # the last claim filled every free slot: queued instances may wait
         # The dispatcher wants to claim when a slot frees (it had none, or filled them all): a
-        # run that finishes nudges it then, and otherwise not (see _execute).
+        # run that finishes nudges it then, and otherwise not (see _run_ended).
         self._claim_wanted = True
         self._starting = 0  # local starts under way (local_start): slots they hold
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -512,9 +513,9 @@ class Engine:
         if not self._running:
             return
         # Only the runs that were here before the read: one launched while it was in flight
-        # (a local start, committed after the read began) is missing from it, yet ours. It
-        # was cancelled before its first step, so its cleanup never ran and its instance
-        # stayed "running", leased by us, for good (seen on PostgreSQL, a few runs in 60,000).
+        # (a local start, committed after the read began) is missing from it, yet ours; it
+        # was cancelled, and its instance stayed "running", leased by us, for good (seen on
+        # PostgreSQL, a few runs in 60,000, before _run_ended forgot such runs).
         before = list(self._running.items())
         owned = await self.store.owned(self.owner)
         for pk, (epoch, task) in before:
@@ -602,17 +603,21 @@ class Engine:
         self._gates[record.pk] = gate
         task = asyncio.create_task(self._execute(record, gate), name=f"perdure-{record.workflow}-{record.id}")
         self._running[record.pk] = (record.epoch, task)
-        task.add_done_callback(lambda done: self._forget_run(record.pk, record.epoch, done, gate))
+        task.add_done_callback(functools.partial(self._run_ended, record, gate))
 
-    def _forget_run(self, pk: int, epoch: int, task: asyncio.Task[None], gate: LeaseGate) -> None:
-        """A run's task ended: if its own cleanup did not run (it was cancelled before it
-        began), drop it here, so that its lease is no longer renewed and the instance is
-        claimed again once the lease runs out, instead of never."""
-        if self._running.get(pk) == (epoch, task):
-            del self._running[pk]
-            if self._gates.get(pk) is gate:
-                del self._gates[pk]
-            self.instance_ended(pk)
+    def _run_ended(self, record: InstanceRecord, gate: LeaseGate, task: asyncio.Task[None]) -> None:
+        """A run's task ended, however it did: also cancelled before its first line, when no
+        code of the run ran (a ``finally`` there would not), so this is where the run is
+        forgotten: its lease is no longer renewed, and its waiters and the dispatcher hear."""
+        if self._running.get(record.pk) == (record.epoch, task):  # not launched again meanwhile
+            del self._running[record.pk]
+            if self._gates.get(record.pk) is gate:
+                del self._gates[record.pk]
+        self.instance_ended(record.pk)
+        # A freed slot is worth a claim only if the dispatcher wants one; a suspended (or
+        # lost) run has a timer or a lease for it to look at. Without this, every finished
+        # run of a sequence of create() calls cost a claim round that found nothing.
+        if record.status not in TERMINAL or self._claim_wanted:
             self.nudge()
 
     # -- running one instance --------------------------------------------------------------------
@@ -683,18 +688,7 @@ class Engine:
             pass
         except Exception:
             log.exception("perdure: instance %s/%s failed inside the engine", record.workflow, record.id)
-        finally:
-            current = self._running.get(record.pk)
-            if current is not None and current[0] == record.epoch:
-                del self._running[record.pk]
-                if self._gates.get(record.pk) is lease:
-                    del self._gates[record.pk]
-            self.instance_ended(record.pk)
-            # A freed slot is worth a claim only if the dispatcher wants one; a suspended (or
-            # lost) run has a timer or a lease for it to look at. Without this, every finished
-            # run of a sequence of create() calls cost a claim round that found nothing.
-            if record.status not in TERMINAL or self._claim_wanted:
-                self.nudge()
+        # what follows the run (forgetting it, waking its waiters) is _run_ended, when the task ends
 
     async def _failed(self, record: InstanceRecord, step: Step, exc: BaseException, error: dict[str, str]) -> None:
         """The run failed: run its rollback handlers (perdure.rollback), then end it ``errored``
@@ -759,7 +753,7 @@ class Engine:
     ) -> None:
         public = None if error is None else {"name": error["name"], "message": error["message"]}
         await self.store.finish(record.pk, record.epoch, status, output_json, public, self.clock.now())
-        record.status = status  # type: ignore[assignment]  # this run's copy: it ended (see _execute)
+        record.status = status  # type: ignore[assignment]  # this run's copy: it ended (see _run_ended)
 
 
 def _pid_alive(pid: int) -> bool:
