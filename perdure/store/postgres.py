@@ -456,9 +456,9 @@ class PostgresStore(SQLStore):
         lease_now: float | None = None,
         kept: Collection[int] = (),
     ) -> list[InstanceRecord]:
-        """Mirrors sqlite's claim, in one statement (:data:`CLAIM`), and the claimed histories
-        in a second. Every candidate is locked ``FOR UPDATE SKIP LOCKED``, so concurrent
-        workers take disjoint rows without waiting."""
+        """Mirrors sqlite's claim, in one statement (:data:`CLAIM`), then
+        :func:`~perdure.store.sql.resume_claimed` for what it took. Every candidate is locked
+        ``FOR UPDATE SKIP LOCKED``, so concurrent workers take disjoint rows without waiting."""
         if not workflows:
             return []
         params = {
