@@ -67,10 +67,12 @@ class Write:
     * ``single``: ``fn`` is one SQL statement, so alone it needs no transaction block.
     * ``atomic``: ``fn`` may refuse after it wrote something: run it inside a savepoint.
     * ``idempotent``: running it twice leaves what running it once leaves.
+    * ``phase``: groups of a later phase run after every group of an earlier one in the same
+      batch (a finish after the step saves of its run that rode along unawaited).
     * ``future`` receives the outcome; None for a write nobody waits on.
     """
 
-    __slots__ = ("fn", "group", "data", "key", "single", "atomic", "idempotent", "future")
+    __slots__ = ("fn", "group", "data", "key", "single", "atomic", "idempotent", "phase", "future")
 
     def __init__(
         self,
@@ -82,6 +84,7 @@ class Write:
         single: bool = False,
         atomic: bool = False,
         idempotent: bool = False,
+        phase: int = 0,
         future: asyncio.Future[Any] | None = None,
     ) -> None:
         self.fn = fn
@@ -91,6 +94,7 @@ class Write:
         self.single = single
         self.atomic = atomic
         self.idempotent = idempotent
+        self.phase = phase
         self.future = future
 
 
@@ -253,11 +257,13 @@ def _distinct_keys(writes: Sequence[Write]) -> bool:
 
 
 async def _run_unguarded(conn: Conn, writes: list[Write]) -> list[Outcome]:
-    """Grouped writes first (one statement per group), then the others in order.
+    """Grouped writes first (one statement per group, groups by ``phase``, then in the order
+    they first appear), then the others in order.
 
     Running a group's writes ahead of the batch's other writes is a valid order: the writes of
     one batch were all queued concurrently, and within one instance a run's step results are
-    always queued before the suspend or finish that follows them."""
+    always queued before the suspend or finish that follows them (the finish group has a later
+    phase than the step saves, so an unawaited step save that rode along still runs first)."""
     outcomes: list[Outcome | None] = [None] * len(writes)
     groups: dict[GroupFn, list[int]] = {}
     keys: set[Any] = set()
@@ -268,9 +274,9 @@ async def _run_unguarded(conn: Conn, writes: list[Write]) -> list[Outcome]:
             groups.setdefault(write.group, []).append(i)
         else:  # ungrouped, or a second write of one key (a statement may touch a row once)
             alone.append(i)
-    for group, indexes in groups.items():
+    for group, indexes in sorted(groups.items(), key=lambda item: writes[item[1][0]].phase):
         if len(indexes) == 1:  # a group of one: its own statement is the simpler one
-            alone.insert(0, indexes[0])
+            outcomes[indexes[0]] = await _run_alone(writes[indexes[0]], conn)
             continue
         try:
             results = await group(conn, [writes[i] for i in indexes])
@@ -281,15 +287,19 @@ async def _run_unguarded(conn: Conn, writes: list[Write]) -> list[Outcome]:
         for i, outcome in zip(indexes, results, strict=True):
             outcomes[i] = outcome
     for i in alone:
-        try:
-            outcomes[i] = (await writes[i].fn(conn), None)
-        except (Fenced, PerdureError) as exc:  # refused before writing
-            outcomes[i] = (None, exc)
-        except Exception as exc:
-            if is_transient(exc):
-                raise
-            raise Unexpected from exc
+        outcomes[i] = await _run_alone(writes[i], conn)
     return [outcome if outcome is not None else (None, RuntimeError("write not run")) for outcome in outcomes]
+
+
+async def _run_alone(write: Write, conn: Conn) -> Outcome:
+    try:
+        return (await write.fn(conn), None)
+    except (Fenced, PerdureError) as exc:  # refused before writing
+        return (None, exc)
+    except Exception as exc:
+        if is_transient(exc):
+            raise
+        raise Unexpected from exc
 
 
 async def _run_guarded(conn: Conn, write: Write) -> Outcome:

@@ -131,6 +131,23 @@ CREATE_GROUP = """
            (SELECT pg_notify(%(channel)s, %(token)s) WHERE EXISTS (SELECT 1 FROM created WHERE owner IS NULL))
     FROM created"""
 
+# Finishes of one group commit (PostgresStore.finish), one array per column: each instance still
+# at its epoch ends with its status, output and error, keeps its row until its retention for
+# that outcome runs out, and gets its history row; returns the pks that finished (a missing pk
+# was fenced). No pk appears twice (one finish per instance and batch).
+FINISH_GROUP = """
+    WITH f AS (
+        SELECT * FROM unnest(%s::bigint[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::float8[],
+                             %s::text[], %s::text[]) AS f(pk, epoch, status, output, error, now, kind, data)),
+    u AS (
+        UPDATE {s}.instances i
+        SET status = f.status, output = f.output, error = f.error, ended_at = f.now, owner = NULL,
+            lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL,
+            expires_at = f.now + CASE WHEN f.status = 'complete' THEN i.success_retention ELSE i.error_retention END
+        FROM f WHERE i.pk = f.pk AND i.epoch = f.epoch
+        RETURNING i.pk, f.kind, f.now, f.data)
+    INSERT INTO {s}.history (instance_pk, type, ts, data) SELECT pk, kind, now, data FROM u RETURNING instance_pk"""
+
 # claim, sqlite's steps as one statement:
 #   due / queued / expired: the three kinds of runnable instances, each locked FOR UPDATE SKIP
 #     LOCKED (rows another worker is claiming right now are skipped, not waited for);

@@ -72,6 +72,7 @@ from .pg_sql import (
     CLAIM,
     CREATE,
     CREATE_GROUP,
+    FINISH_GROUP,
     GIVE_UP,
     REGISTER_WORKFLOWS,
     SAVE_STEP,
@@ -335,7 +336,13 @@ class PostgresStore(SQLStore):
                 done: list[InstanceRecord] = value
                 return done
 
-            write = Write(alone, group=self._create_group, data=(workflow, items[0], now, start), single=True)
+            write = Write(
+                alone,
+                group=self._create_group,
+                data=(workflow, items[0], now, start),
+                key=("create", workflow, items[0].id),  # without a key a write never joins its group
+                single=True,
+            )
             self._lone_creates += 1
             try:
                 if self._lone_creates == 1:
@@ -629,7 +636,8 @@ class PostgresStore(SQLStore):
     async def finish(
         self, pk: int, epoch: int, status: str, output_json: str | None, error: dict[str, str] | None, now: float
     ) -> None:
-        """Mirrors sqlite's finish: fenced update plus its history row, in one statement."""
+        """Mirrors sqlite's finish: fenced update plus its history row, in one statement; the
+        finishes of one group commit share one (:meth:`_finish_group`)."""
         kind, data = finish_history(status, output_json, error)
 
         async def op(conn: Conn) -> None:
@@ -645,7 +653,24 @@ class PostgresStore(SQLStore):
             if await cur.fetchone() is None:
                 raise Fenced(f"instance {pk} moved past epoch {epoch}")
 
-        await self._write(op, single=True)
+        await self._ready()
+        row = (pk, epoch, status, output_json, dumps(error), now, kind, dumps(data))
+        write = Write(op, group=self._finish_group, data=row, key=("finish", pk), single=True, phase=1)
+        await self._writer.wait(write)
+
+    async def _finish_group(self, conn: Conn, writes: Sequence[Write]) -> list[Outcome]:
+        """Many finishes in one statement (:data:`FINISH_GROUP`); ``Fenced`` for an instance
+        that moved past its epoch."""
+        columns = [list(column) for column in zip(*(w.data for w in writes), strict=True)]
+        cur = await conn.execute(self._q(FINISH_GROUP), columns)
+        finished = {int(row[0]) for row in await cur.fetchall()}
+        outcomes: list[Outcome] = []
+        for pk, epoch, *_ in (w.data for w in writes):
+            if pk in finished:
+                outcomes.append((None, None))
+            else:
+                outcomes.append((None, Fenced(f"instance {pk} moved past epoch {epoch}")))
+        return outcomes
 
     # -- change detection (see :class:`~perdure.store.pg_listen.Changes`) -----------------------
     async def changed(self) -> bool:

@@ -14,6 +14,7 @@ import pytest
 from perdure.errors import Fenced, InstanceAlreadyExistsError, ValidationError
 from perdure.records import COMPLETE, DO, NewInstance, StepRecord
 from perdure.store.migrations.postgres import LATEST, SchemaTooNewError
+from perdure.store.pg_commit import Write, _run_unguarded
 from perdure.store.postgres import PostgresStore, parse_url
 from tests.pg import drop_schema, new_schema_name, require_server, server_url, with_params
 from tests.postgres.helpers import new_app_name, terminate_backends
@@ -191,6 +192,113 @@ async def test_concurrent_step_saves_share_commits_and_fence_alone(stores: tuple
     for record in claimed:
         saved = await store.load_steps(record.pk)
         assert [(s.name, s.result) for s in saved] == ([] if record is stale else [(f"s{k}", k) for k in range(4)])
+
+
+def count_statements(store: PostgresStore, name: str) -> list[int]:
+    """Record the size of each call of the store's group statement ``name`` (a spy that calls
+    the real one)."""
+    sizes: list[int] = []
+    real = getattr(store, name)
+
+    async def spy(conn: Any, writes: Any) -> Any:
+        sizes.append(len(writes))
+        return await real(conn, writes)
+
+    setattr(store, name, spy)
+    return sizes
+
+
+async def test_concurrent_lone_creates_share_statements(stores: tuple[str, StoreFactory]) -> None:
+    """REST POSTs arriving together are lone creates: they share one CREATE_GROUP statement
+    per commit (each was its own statement when its write had no key), and the first write
+    of an id gets it."""
+    _, factory = stores
+    store = factory()
+    await one_instance(store, "warm")
+    sizes = count_statements(store, "_create_group")
+    now = time.time()
+    results = await asyncio.gather(
+        *[store.create_instances("w", [NewInstance(f"c{n}", "{}")], now, skip_existing=False) for n in range(40)],
+        *[store.create_instances("w", [NewInstance("twice", "{}")], now, skip_existing=False) for _ in range(3)],
+        return_exceptions=True,
+    )
+    assert max(sizes) > 1 and len(sizes) < 40
+    assert [r[0].id for r in results[:40] if isinstance(r, list)] == [f"c{n}" for n in range(40)]
+    assert sum(isinstance(r, InstanceAlreadyExistsError) for r in results[40:]) == 2
+    assert len({r[0].pk for r in results if isinstance(r, list)}) == 41
+
+
+async def test_concurrent_finishes_share_statements_and_fence_alone(stores: tuple[str, StoreFactory]) -> None:
+    _, factory = stores
+    store = factory()
+    now = time.time()
+    items = [NewInstance(f"f{n}", "{}", success_retention=60.0, error_retention=120.0) for n in range(30)]
+    await store.create_instances("w", items, now, skip_existing=False)
+    claimed = await store.claim("me", 30, now, now + 60, ["w"])
+    stale = claimed[5]
+    sizes = count_statements(store, "_finish_group")
+    results = await asyncio.gather(
+        *[
+            store.finish(
+                r.pk,
+                r.epoch - 1 if r is stale else r.epoch,
+                "complete" if n % 2 == 0 else "errored",
+                "1" if n % 2 == 0 else None,
+                None if n % 2 == 0 else {"name": "Error", "message": "boom"},
+                now,
+            )
+            for n, r in enumerate(claimed)
+        ],
+        return_exceptions=True,
+    )
+    assert max(sizes) > 1 and len(sizes) < 30
+    assert [i for i, r in enumerate(results) if isinstance(r, Fenced)] == [5]
+    for n, record in enumerate(claimed):
+        got = await store.get_instance("w", record.id)
+        assert got is not None
+        if record is stale:
+            assert got.status == "running"
+            continue
+        assert got.status == ("complete" if n % 2 == 0 else "errored") and got.owner is None
+        [(expires,)] = await store._read("SELECT expires_at FROM {s}.instances WHERE pk = %s", (record.pk,))
+        assert expires == pytest.approx(now + (60.0 if n % 2 == 0 else 120.0))
+        assert [h["type"] for h in await store.history(record.pk)][-1] == (
+            "WORKFLOW_SUCCESS" if n % 2 == 0 else "WORKFLOW_FAILURE"
+        )
+
+
+async def test_a_batch_runs_its_groups_by_phase_then_its_lone_writes() -> None:
+    """A finish (phase 1) runs after the step saves of its batch, even when another instance's
+    finish was queued first: an unawaited step save of the finishing run must land first.
+    No server: the writes record their order on a stand-in connection (a test double)."""
+    order: list[str] = []
+
+    def group_of(name: str) -> Any:
+        async def group(conn: Any, writes: Any) -> list[tuple[Any, None]]:
+            order.append(f"{name} x{len(writes)}")
+            return [(None, None)] * len(writes)
+
+        return group
+
+    def alone(label: str) -> Any:
+        async def fn(conn: Any) -> None:
+            order.append(label)
+
+        return fn
+
+    finish, save = group_of("finish"), group_of("save")
+    writes = [
+        Write(alone("finish A"), group=finish, key=("finish", 1), phase=1),
+        Write(alone("save B"), group=save, key=(2, "s")),
+        Write(alone("claim"), single=True),
+        Write(alone("finish B"), group=finish, key=("finish", 2), phase=1),
+        Write(alone("save C"), group=save, key=(3, "s")),
+        Write(alone("finish C"), group=finish, key=("finish", 3), phase=1),
+        Write(alone("save D"), group=group_of("lone"), key=(4, "s")),
+    ]
+    outcomes = await _run_unguarded(object(), writes)  # type: ignore[arg-type]
+    assert order == ["save x2", "save D", "finish x3", "claim"]
+    assert outcomes == [(None, None)] * len(writes)
 
 
 async def test_a_failed_batch_create_leaves_nothing(stores: tuple[str, StoreFactory]) -> None:
