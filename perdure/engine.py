@@ -616,8 +616,12 @@ class Engine:
         self.instance_ended(record.pk)
         # A freed slot is worth a claim only if the dispatcher wants one; a suspended (or
         # lost) run has a timer or a lease for it to look at. Without this, every finished
-        # run of a sequence of create() calls cost a claim round that found nothing.
-        if record.status not in TERMINAL or self._claim_wanted:
+        # run of a sequence of create() calls cost a claim round that found nothing. The end
+        # of a flow-limited run always is: it frees a slot of its workflow's limit, which the
+        # last claim could not fill although this worker had slots of its own to spare.
+        registration = self._registry.get(record.workflow)
+        limited = registration is not None and registration.flow is not None
+        if record.status not in TERMINAL or self._claim_wanted or limited:
             self.nudge()
 
     # -- running one instance --------------------------------------------------------------------

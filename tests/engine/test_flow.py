@@ -76,6 +76,20 @@ async def test_concurrency_caps_running_instances(make_engine: Make) -> None:
     assert max_overlap(list(done.values())) == 2  # never more, and the limit was used
 
 
+async def test_a_finished_limited_run_starts_the_next_queued_one_at_once(make_engine: Make) -> None:
+    """The end of a run of a limited workflow frees a slot of its limit: the dispatcher claims
+    at once, not at the next poll (10 s here), although it had slots of its own to spare (a
+    finished run nudged it only when it had none: concurrency=20 ran at 0.62x its limit)."""
+    engine = make_engine(poll_interval=10.0)
+    work = engine.register(Work, name="work", concurrency=1)
+    async with engine:
+        started = time.monotonic()
+        instances = [await work.create(id=f"n{i}", params={"ms": 20}) for i in range(4)]
+        for instance in instances:
+            assert (await instance.wait(30))["status"] == "complete"
+        assert time.monotonic() - started < 5
+
+
 async def test_waiting_instances_hold_no_slot(make_engine: Make) -> None:
     engine = make_engine()
     flow = engine.register(SleepsBetween, name="naps", concurrency=1)
