@@ -26,7 +26,8 @@ _UNIT_SECONDS = {
     "month": 30 * 86400.0,
     "year": 365 * 86400.0,
 }
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(second|minute|hour|day|week|month|year)s?\s*$")
+# ASCII digits and spaces only (re.ASCII): the REST API's schema states the same pattern.
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s+(second|minute|hour|day|week|month|year)s?\s*$", re.ASCII)
 
 
 def parse_duration(value: object, *, what: str = "duration") -> float:
@@ -36,9 +37,12 @@ def parse_duration(value: object, *, what: str = "duration") -> float:
     elif isinstance(value, bool):
         raise ValidationError(f"{what} {value!r} is not a duration: use a timedelta, milliseconds or '<n> <unit>'")
     elif isinstance(value, (int, float)):
-        if not math.isfinite(value):
+        try:
+            seconds = float(value) / 1000.0  # an int too large for a float (JSON allows it) raises
+        except OverflowError:
+            seconds = math.inf
+        if not math.isfinite(seconds):
             raise ValidationError(f"{what} {value!r} is not a finite number of milliseconds")
-        seconds = value / 1000.0
     elif isinstance(value, str):
         parsed = _parse_text(value)
         if parsed is None:

@@ -43,6 +43,31 @@ class Retention:
     error: float | None = None
 
 
+# The bounds a retention given as milliseconds or as text keeps to (the REST API's schema states
+# them too, so that what it documents as valid is what is accepted): at least 1 ms, at most
+# MAX_RETENTION_MS (about 31,700 years); text of at most MAX_RETENTION_TEXT characters, so a
+# value with hundreds of zeros cannot round to 0 seconds.
+MIN_RETENTION_MS = 1
+MAX_RETENTION_MS = 10**15
+MAX_RETENTION_TEXT = 64
+
+
+def _short(raw: object) -> str:
+    text = repr(raw)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} digits)"
+
+
+def check_retention_bounds(raw: object, what: str) -> None:
+    """Refuse a number of milliseconds outside [1, MAX_RETENTION_MS] or a text too long."""
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool):
+        if not MIN_RETENTION_MS <= raw <= MAX_RETENTION_MS:
+            raise ValidationError(
+                f"{what} must be between {MIN_RETENTION_MS} and {MAX_RETENTION_MS} milliseconds, got {_short(raw)}"
+            )
+    elif isinstance(raw, str) and len(raw) > MAX_RETENTION_TEXT:
+        raise ValidationError(f"{what} must be at most {MAX_RETENTION_TEXT} characters, got {len(raw)}")
+
+
 def parse_retention(value: object, what: str = "retention") -> Retention | None:
     """``{"success_retention"?: duration, "error_retention"?: duration}`` (None: keep for ever)::
 
@@ -65,6 +90,7 @@ def parse_retention(value: object, what: str = "retention") -> Retention | None:
         if raw is None:
             kept.append(None)
             continue
+        check_retention_bounds(raw, f"{what}[{key!r}]")
         seconds = parse_duration(raw, what=f"{what}[{key!r}]")
         if seconds <= 0:
             raise ValidationError(f"{what}[{key!r}] must be a duration > 0, got {raw!r}")

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..flow import KEY_CONTROL, MAX_KEY_LENGTH, MAX_PRIORITY
 from ..records import STATUSES
+from ..retention import MAX_RETENTION_MS, MAX_RETENTION_TEXT, MIN_RETENTION_MS
 from ..validators import MAX_BATCH, MAX_EVENT_TYPE, MAX_INSTANCE_ID, MAX_STEP_NAME, MAX_WORKFLOW_NAME
 from .operations import CURSOR_MAX_LENGTH, CURSOR_PATTERN, MAX_LIST_LIMIT
 
@@ -84,6 +85,24 @@ CURSOR_PARAMETER = {
     "format": "perdure-cursor",
 }
 _MS = {"type": "integer", "minimum": 0}
+
+
+# A retention, as perdure.retention accepts it: milliseconds in [1, MAX_RETENTION_MS], or
+# "<n> <unit>" with n > 0 (the pattern has no lookahead: a non-zero integer part, or a zero one
+# with a non-zero digit after the point), ASCII digits and spaces, at most MAX_RETENTION_TEXT long.
+_SPACE = r"[ \t\n\r\f\v]"
+_RETENTION = {
+    "anyOf": [
+        {"type": "number", "minimum": MIN_RETENTION_MS, "maximum": MAX_RETENTION_MS, "description": "milliseconds"},
+        {
+            "type": "string",
+            "maxLength": MAX_RETENTION_TEXT,
+            "pattern": f"^{_SPACE}*(0*[1-9][0-9]*(\\.[0-9]+)?|0+\\.[0-9]*[1-9][0-9]*){_SPACE}+"
+            f"(second|minute|hour|day|week|month|year)s?{_SPACE}*$",
+            "description": "'<n> <unit>', e.g. '7 days'",
+        },
+    ]
+}
 
 
 def _schemas() -> dict[str, Any]:
@@ -358,6 +377,15 @@ def _schemas() -> dict[str, Any]:
                     }
                 ),
                 "params": {"description": "any JSON value, at most 1 MiB encoded; absent or null: {}"},
+                "retention": _nullable(
+                    {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "description": "how long the instance is kept once it ends: after success, after an"
+                        " error or termination (absent: kept for ever, or the workflow's register(retention=))",
+                        "properties": {key: _nullable(_RETENTION) for key in ("success_retention", "error_retention")},
+                    }
+                ),
                 "concurrency_key": _nullable(
                     {
                         "type": "string",

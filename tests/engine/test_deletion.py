@@ -171,3 +171,10 @@ async def test_the_sweep_deletes_in_bounded_batches_while_steps_commit(make_engi
             assert (await instance.wait(30))["status"] == "complete"
         assert deleted == 2000
         assert (await engine.store.count_by_status("quick"))["quick"] == {"complete": 20}
+
+
+def test_a_duration_too_large_for_a_float_is_a_validation_error() -> None:
+    from perdure.durations import parse_duration
+
+    with pytest.raises(ValidationError, match="finite"):
+        parse_duration(10**400)  # JSON allows such an integer; float() of it overflows
