@@ -251,8 +251,9 @@ async def test_dashboard_in_chromium(engine: Engine, served: str, artifacts: Pat
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "cancel-action").click())
         assert await until(lambda: text("#instance-status")) == "waiting"
         assert (await api.get("/api/workflows/approval/instances/ui-2")).json()["status"] == "waiting"
-        # confirmed, it terminates
+        # confirmed, it terminates (the click submits a form: wait for the confirmation page)
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "action-terminate").click())
+        assert "Terminate this instance?" in await until(lambda: text("#confirm"))
         await asyncio.to_thread(lambda: driver.find_element(By.ID, "confirm-action").click())
         await until(lambda: text("#instance-status") == "terminated")
         assert "terminate" in text("#flash")
