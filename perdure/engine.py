@@ -143,9 +143,11 @@ class Engine:
         self._rate_limits: dict[str, RateLimit] = {}  # named step rate limits (perdure.flow)
         self._flow_retry_at: float | None = None  # when a limited workflow's claim may take more
         self._backlog = False  # the last claim filled every free slot: queued instances may wait
-        # The dispatcher wants to claim when a slot frees (it had none, or filled them all): a
-        # run that finishes nudges it then, and otherwise not (see _run_ended).
+        # The dispatcher wants to claim when a slot frees (it had none, filled them all, or a
+        # limited workflow's claim left instances queued): a run that finishes nudges it then,
+        # and otherwise not (see _run_ended).
         self._claim_wanted = True
+        self._flow_held = False  # the last claim left instances of a limited workflow queued
         self._starting = 0  # local starts under way (local_start): slots they hold
         self._loop: asyncio.AbstractEventLoop | None = None
         # pk -> (epoch it suspended at, its steps): see _KEPT_HISTORIES
@@ -428,7 +430,9 @@ class Engine:
                     claimed = await self._claim(free)
                     if claimed == free:
                         claim_now = True  # there may be more; claim again when a slot frees
-                self._claim_wanted = claim_now
+                # A limited claim that left instances queued for want of a slot wants one too,
+                # although this worker had slots to spare: a run that ends may free the limit's.
+                self._claim_wanted = claim_now or self._flow_held
                 # A timer counts only while a slot is free (a finished run nudges us), and one
                 # that is due although we just claimed is being handled: wait for the next tick.
                 next_wake = None
@@ -486,6 +490,7 @@ class Engine:
                 count += 1
         self._backlog = count >= free  # queued instances may be left: local starts wait their turn
         self._flow_retry_at = None
+        self._flow_held = False
         for registration in self._registry.values():
             if registration.flow is None or count >= free:
                 continue
@@ -501,6 +506,7 @@ class Engine:
             for record in result.claimed:
                 self._launch(record, leased_at)
             count += len(result.claimed)
+            self._flow_held = self._flow_held or result.held > 0
             retry = result.retry_at
             if result.held and retry is None:  # a slot may free on another worker: look again soon
                 retry = now + max(self.poll_interval, _FLOW_RECHECK)
@@ -616,12 +622,8 @@ class Engine:
         self.instance_ended(record.pk)
         # A freed slot is worth a claim only if the dispatcher wants one; a suspended (or
         # lost) run has a timer or a lease for it to look at. Without this, every finished
-        # run of a sequence of create() calls cost a claim round that found nothing. The end
-        # of a flow-limited run always is: it frees a slot of its workflow's limit, which the
-        # last claim could not fill although this worker had slots of its own to spare.
-        registration = self._registry.get(record.workflow)
-        limited = registration is not None and registration.flow is not None
-        if record.status not in TERMINAL or self._claim_wanted or limited:
+        # run of a sequence of create() calls cost a claim round that found nothing.
+        if record.status not in TERMINAL or self._claim_wanted:
             self.nudge()
 
     # -- running one instance --------------------------------------------------------------------
