@@ -95,10 +95,6 @@ T = TypeVar("T")
 
 __all__ = ["PostgresStore", "parse_url"]
 
-# when a finished instance is deleted: its end plus the retention of its outcome (NULL: never)
-EXPIRES = "CASE WHEN %s = 'complete' THEN success_retention ELSE error_retention END"
-
-
 # -- the store ----------------------------------------------------------------------------------
 
 
@@ -636,26 +632,18 @@ class PostgresStore(SQLStore):
     async def finish(
         self, pk: int, epoch: int, status: str, output_json: str | None, error: dict[str, str] | None, now: float
     ) -> None:
-        """Mirrors sqlite's finish: fenced update plus its history row, in one statement; the
-        finishes of one group commit share one (:meth:`_finish_group`)."""
+        """Mirrors sqlite's finish: fenced update plus its history row, in one statement
+        (:data:`FINISH_GROUP`), which the finishes of one group commit share."""
         kind, data = finish_history(status, output_json, error)
 
-        async def op(conn: Conn) -> None:
-            cur = await conn.execute(
-                self._q(
-                    "WITH u AS (UPDATE {s}.instances SET status = %s, output = %s, error = %s, ended_at = %s,"
-                    " owner = NULL, lease_until = NULL, wake_at = NULL, wait_types = NULL, terminating = NULL,"
-                    f" expires_at = %s + {EXPIRES} WHERE pk = %s AND epoch = %s RETURNING pk)"
-                    " INSERT INTO {s}.history (instance_pk, type, ts, data) SELECT pk, %s, %s, %s FROM u RETURNING seq"
-                ),
-                (status, output_json, dumps(error), now, now, status, pk, epoch, kind, now, dumps(data)),
-            )
-            if await cur.fetchone() is None:
-                raise Fenced(f"instance {pk} moved past epoch {epoch}")
+        async def alone(conn: Conn) -> None:  # the group statement for this one write
+            ((_, refused),) = await self._finish_group(conn, [write])
+            if refused is not None:
+                raise refused
 
         await self._ready()
         row = (pk, epoch, status, output_json, dumps(error), now, kind, dumps(data))
-        write = Write(op, group=self._finish_group, data=row, key=("finish", pk), single=True, phase=1)
+        write = Write(alone, group=self._finish_group, data=row, key=("finish", pk), single=True, phase=1)
         await self._writer.wait(write)
 
     async def _finish_group(self, conn: Conn, writes: Sequence[Write]) -> list[Outcome]:

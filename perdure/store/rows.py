@@ -13,7 +13,6 @@ INSTANCE_COLUMNS = (
     "output, error, wake_at, schedule, owner, terminating, concurrency_key, priority"
 )
 STEP_COLUMNS = "kind, name, count, status, started_at, config, attempts, result, error, ended_at, wake_at, seq"
-
 WORKFLOW_COLUMNS = "name, class_name, schedules, step_limit, registered_at, updated_at, flow"
 # The tail of both backends' ``INSERT INTO workflows (WORKFLOW_COLUMNS) ...``: a new registration
 # replaces what an older one said, except when the workflow was first seen.
@@ -21,7 +20,6 @@ WORKFLOW_UPSERT = """
     ON CONFLICT (name) DO UPDATE SET
         class_name = excluded.class_name, schedules = excluded.schedules, step_limit = excluded.step_limit,
         updated_at = excluded.updated_at, flow = excluded.flow"""
-
 
 # -- row conversion ------------------------------------------------------------------------------
 
