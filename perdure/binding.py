@@ -256,8 +256,11 @@ class Instance:
 
         With ``rollback=True`` (Cloudflare's ``terminate({rollback: true})``) the rollback
         handlers of the finished steps run first, newest first, on a worker that has the
-        workflow's code; the instance stays ``running`` meanwhile and then ends ``terminated``
+        workflow's code; the instance reads ``waiting`` until one claims it, ``running`` while the
+        handlers run, and then ends ``terminated``
         (at once when no step finished). The handlers' ``error`` is ``Terminated``."""
+        if not isinstance(rollback, bool):
+            raise ValidationError(f"terminate(rollback=) must be True or False, got {rollback!r}")
         store = await self._binding._store()
         await store.terminate(self.pk, self._engine.clock.now(), rollback=rollback)
         self._engine.control_changed()

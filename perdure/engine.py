@@ -157,7 +157,7 @@ class Engine:
         self._refreshing: asyncio.Task[set[int]] | None = None
         self._background: list[asyncio.Task[None]] = []
         self.retention: RetentionSweep | None = None  # once started
-        self.deliveries: Deliveries | None = None  # once started, with subscriptions
+        self.deliveries: Deliveries | None = None  # once started
         self._nudge: asyncio.Event | None = None
         self._check_control = False
         self._watchers: dict[int, list[asyncio.Future[None]]] = {}
@@ -212,6 +212,8 @@ class Engine:
         self._registry[name] = registration
         if self._started:
             self._start_schedules(registration)
+            if registration.subscriptions and self.deliveries is not None:
+                self.deliveries.add(name, registration.subscriptions)
             self._background.append(
                 asyncio.create_task(self._announce([registration]), name=f"perdure-register-{name}")
             )
@@ -316,16 +318,17 @@ class Engine:
         """The retention sweep, and the delivery of lifecycle subscriptions if there are any."""
         self.retention = RetentionSweep(self.store, self.owner, time.time)
         self._background.append(asyncio.create_task(self.retention.run(), name="perdure-retention"))
+        # The delivery task runs even with nothing subscribed yet, so that a workflow registered
+        # after start finds it with a recent history position to start its subscriptions at.
         subscribed = {r.name: r.subscriptions for r in self._registry.values() if r.subscriptions}
-        if subscribed:
-            store = self.store
+        store = self.store
 
-            async def send(queue: str, bodies: Sequence[str]) -> None:
-                await store.queue_send(queue, bodies, time.time(), 0.0)
+        async def send(queue: str, bodies: Sequence[str]) -> None:
+            await store.queue_send(queue, bodies, time.time(), 0.0)
 
-            self.deliveries = Deliveries(store, self.owner, subscribed, send)
-            await self.deliveries.prepare()  # a new subscription starts here: with what follows start()
-            self._background.append(asyncio.create_task(self.deliveries.run(), name="perdure-subscriptions"))
+        self.deliveries = Deliveries(store, self.owner, subscribed, send)
+        await self.deliveries.prepare()  # a new subscription starts here: with what follows start()
+        self._background.append(asyncio.create_task(self.deliveries.run(), name="perdure-subscriptions"))
 
     def _start_schedules(self, registration: Registration) -> None:
         for cron in registration.schedules:

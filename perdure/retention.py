@@ -11,8 +11,8 @@ outcome); a restart clears it.
 :class:`RetentionSweep` runs in every started engine and deletes expired instances with all
 their rows (steps, events, history), ``batch`` at a time with a pause between batches, so that
 step commits go on beside a sweep of millions. On a shared database one worker sweeps at a
-time: it holds the role ``"retention"`` (:meth:`perdure.store.base.Store.hold_role`), and
-another takes it over when it stops renewing.
+time: it holds the role ``"retention"`` (:class:`perdure.roles.Role`), renewed before each
+batch, and another takes it over when it stops renewing.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ._cancel import reraise_if_cancelling
 from .durations import parse_duration
 from .errors import ValidationError
+from .roles import Role
 
 if TYPE_CHECKING:
     from .store import Store
@@ -105,17 +106,18 @@ class RetentionSweep:
         self, store: Store, owner: str, clock_now: Any, *, every: float = 5.0, batch: int = 200, pause: float = 0.01
     ) -> None:
         self._store = store
-        self._owner = owner
         self._now = clock_now  # wall-clock time, as stored timestamps are
         self.every = every
         self.batch = batch
         self.pause = pause
         self.deleted = 0  # instances this sweep deleted (for tests and logs)
+        self.role = Role(store, "retention", owner, 3 * every, clock_now)
 
     async def sweep_once(self) -> int:
-        """Delete every instance expired now, a batch at a time; how many."""
+        """Delete every instance expired now, a batch at a time, while this worker holds the
+        role (renewed before each batch, so a long sweep stays one worker's); how many."""
         total = 0
-        while True:
+        while await self.role.hold():
             n = await self._store.delete_expired(self._now(), self.batch)
             total += n
             if n < self.batch:
@@ -128,9 +130,7 @@ class RetentionSweep:
         while True:
             try:
                 now = self._now()
-                if await self._store.any_expired(now) and await self._store.hold_role(
-                    "retention", self._owner, now + 3 * self.every, now
-                ):
+                if await self._store.any_expired(now) and await self.role.hold():
                     n = await self.sweep_once()
                     if n:
                         log.info("perdure: deleted %d instances past their retention", n)

@@ -20,8 +20,12 @@ history row in the same transaction as the status change, so a crash between the
 delivery loses nothing; each subscription keeps a durable cursor (``perdure_subscriptions``), the
 history ``seq`` up to which everything was delivered, advanced only after delivery. A crash after
 a delivery and before the cursor moved delivers that event again (at least once). One worker of
-a database delivers at a time (it holds the role ``"subscriptions"``); another takes over within
-a few seconds when it stops.
+a database delivers each subscription at a time: it holds the role ``subscription:<key>`` of
+that subscription (:class:`~perdure.roles.Role`), renewed before each delivery; another worker
+that registered the same subscription takes over within a few seconds when it stops. Each
+worker delivers the subscriptions it registered, so workers that register different workflows
+(or a new release that adds a subscription beside workers still on the old one) each deliver
+their own.
 
 On PostgreSQL, a row with a smaller ``seq`` can become visible after one with a larger ``seq``
 (two transactions commit in the other order). The cursor therefore only moves past a ``seq``
@@ -45,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cancel import reraise_if_cancelling
 from .errors import ValidationError
+from .roles import Role
 
 if TYPE_CHECKING:
     from .records import HistoryRow
@@ -126,7 +131,9 @@ def message(row: HistoryRow) -> dict[str, Any]:
 class _Cursor:
     workflow: str
     sub: Subscription
+    role: Role
     seq: int = -1  # durable: everything up to it was delivered (-1: not read yet)
+    anchor: int | None = None  # where a new durable cursor starts (None: the newest event then)
     delivered: set[int] = field(default_factory=set)  # seqs above it already delivered
     horizons: deque[tuple[float, int, int]] = field(default_factory=deque)  # (monotonic, top, xmax)
     retry_at: float = 0.0
@@ -147,16 +154,31 @@ class Deliveries:
         poll: float = 0.2,
         role_ttl: float = 5.0,
         settle: float = 0.5,
+        idle: float = 5.0,
     ) -> None:
         self._store = store
         self._owner = owner
         self._send = send  # queue_send(queue, [body json]) of the engine's store
-        self._cursors = [_Cursor(wf, s) for wf, subs in subscriptions.items() for s in subs]
         self.poll = poll
+        self.idle = idle  # with no subscription yet: how often the newest event's seq is read
         self.role_ttl = role_ttl
+        self._top: int | None = None  # the newest history seq at the last round (or prepare)
+        self._wake = asyncio.Event()
+        self._cursors: list[_Cursor] = []
+        for workflow, subs in subscriptions.items():
+            self.add(workflow, subs)
         self.settle = settle  # how long a horizon must be old before the cursor passes it
         self.delivered = 0
-        self._wake = asyncio.Event()
+
+    def add(self, workflow: str, subscriptions: Sequence[Subscription]) -> None:
+        """Deliver ``subscriptions`` of ``workflow`` too (a workflow registered after start). A
+        new one starts at the newest event of the last round, which is at most ``poll`` seconds
+        old (``idle`` while nothing was subscribed): it misses nothing that follows its
+        registration, and may also get the events of the instants before it."""
+        for sub in subscriptions:
+            role = Role(self._store, f"subscription:{sub.key(workflow)}", self._owner, self.role_ttl)
+            self._cursors.append(_Cursor(workflow, sub, role, anchor=self._top))
+        self._wake.set()
 
     def nudge(self) -> None:
         self._wake.set()
@@ -164,16 +186,14 @@ class Deliveries:
     async def run(self) -> None:
         while True:
             try:
-                now = time.time()
-                if await self._store.hold_role("subscriptions", self._owner, now + self.role_ttl, now):
-                    await self.deliver_once()
+                await self.deliver_once()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 reraise_if_cancelling()
                 log.exception("perdure subscriptions: delivery failed; retrying")
             try:
-                async with asyncio.timeout(self.poll):
+                async with asyncio.timeout(self.poll if self._cursors else self.idle):
                     await self._wake.wait()
             except TimeoutError:
                 pass
@@ -181,23 +201,36 @@ class Deliveries:
 
     async def prepare(self) -> None:
         """Read each subscription's durable cursor; a new one starts at the newest event now."""
-        top = (await self._store.history_horizon())[0]
+        top = self._top = (await self._store.history_horizon())[0]
         for cursor in self._cursors:
             cursor.seq = await self._store.subscription_cursor(cursor.sub.key(cursor.workflow), top)
 
     async def deliver_once(self) -> None:
         """One round: deliver what is new to every subscription, and move the cursors."""
-        if not self._cursors:
-            return
         top, xmax, xmin = await self._store.history_horizon()
+        self._top = top
         mono = time.monotonic()
-        for cursor in self._cursors:
+        for cursor in list(self._cursors):
+            if not await cursor.role.hold():  # another worker delivers this one
+                self._forget(cursor)
+                continue
             if cursor.seq < 0:  # first round of this subscription here: its durable cursor
-                cursor.seq = await self._store.subscription_cursor(cursor.sub.key(cursor.workflow), top)
+                start = top if cursor.anchor is None else cursor.anchor
+                cursor.seq = await self._store.subscription_cursor(cursor.sub.key(cursor.workflow), start)
+                cursor.anchor = None
             cursor.horizons.append((mono, top, xmax))
             if mono >= cursor.retry_at:
                 await self._deliver(cursor)
-            await self._advance(cursor, mono, xmin)
+            if cursor.role.held:
+                await self._advance(cursor, mono, xmin)
+
+    @staticmethod
+    def _forget(cursor: _Cursor) -> None:
+        """Drop what this worker knew of a subscription another worker now delivers: when the
+        role comes back, it starts from the durable cursor that worker moved."""
+        cursor.seq, cursor.blocked, cursor.failures, cursor.retry_at = -1, None, 0, 0.0
+        cursor.delivered.clear()
+        cursor.horizons.clear()
 
     async def _deliver(self, cursor: _Cursor) -> None:
         wanted = {t for t, short in EVENTS.items() if short in cursor.sub.types}
@@ -207,6 +240,9 @@ class Deliveries:
             for row in rows:
                 if row.workflow != cursor.workflow or row.seq in cursor.delivered:
                     continue
+                if not await cursor.role.hold():  # lost it during a long round: the taker goes on
+                    self._forget(cursor)
+                    return
                 try:
                     await self._to_target(cursor.sub, message(row))
                 except Exception:

@@ -99,6 +99,17 @@ def test_a_class_the_main_module_lacks_is_named_with_those_it_has(tmp_path: Path
     )
 
 
+def test_limits_steps_and_schedules_reach_the_registration(tmp_path: Path) -> None:
+    wrangler = WRANGLER.replace(
+        'class_name = "Echo"', 'class_name = "Echo"\nschedules = ["*/5 * * * *", "0 3 * * mon"]\nlimits = { steps = 7 }'
+    )
+    registration = load(project_dir(tmp_path, wrangler=wrangler)).engine.workflows["echo"]
+    assert registration.schedules == ["*/5 * * * *", "0 3 * * mon"]
+    assert registration.step_limit == 7
+    plain = load(project_dir(tmp_path / "plain")).engine.workflows["echo"]
+    assert plain.schedules == [] and plain.step_limit != 7
+
+
 def test_a_class_that_is_not_a_workflow(tmp_path: Path) -> None:
     wrangler = WRANGLER.replace('class_name = "Echo"', 'class_name = "Default"')
     assert "'Default' is not a WorkflowEntrypoint subclass" in error_of(project_dir(tmp_path, wrangler=wrangler))

@@ -165,7 +165,14 @@ async def test_the_sweep_deletes_in_bounded_batches_while_steps_commit(make_engi
         await asyncio.sleep(0.6)
         engine.retention.batch = 200
         sweep = asyncio.create_task(engine.retention.sweep_once())
-        fresh = [await binding.create(id=f"new-{n}") for n in range(20)]
+        while (await engine.store.count_by_status("quick"))["quick"].get("complete", 0) == 2000:
+            await asyncio.sleep(0.001)  # until its first batch is deleted
+        first = await binding.create(id="new-0")
+        assert (await first.wait(30))["status"] == "complete"
+        # an instance started, ran its step and finished between two batches of the sweep:
+        # the sweep does not hold the database for its whole length (10 batches, 9 pauses)
+        assert not sweep.done()
+        fresh = [first] + [await binding.create(id=f"new-{n}") for n in range(1, 20)]
         deleted = await sweep
         for instance in fresh:
             assert (await instance.wait(30))["status"] == "complete"

@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-from perdure import Engine, WorkflowEntrypoint
+import pytest
+
+from perdure import Engine, ValidationError, WorkflowEntrypoint
 from tests.engine.util import until_status
 
 Make = Callable[..., Engine]
@@ -91,3 +93,13 @@ async def test_without_finished_steps_or_rollback_it_terminates_at_once(make_eng
     assert (await plain.wait(5))["status"] == "terminated"
     await asyncio.sleep(0.2)
     assert undone == []
+
+
+async def test_rollback_must_be_a_bool_and_a_refused_terminate_changes_nothing(make_engine: Make) -> None:
+    client = make_engine()
+    binding = client.register(Order, name="order")
+    instance = await binding.create(id="o-5", params={})
+    for bad in ("no", 1, None):
+        with pytest.raises(ValidationError, match=r"terminate\(rollback=\) must be True or False"):
+            await instance.terminate(rollback=bad)  # type: ignore[arg-type]
+    assert (await instance.status())["status"] == "queued"

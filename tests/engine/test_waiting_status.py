@@ -76,3 +76,44 @@ async def test_terminate_during_a_short_retry_delay_stops_the_retries(make_engin
     assert (await instance.status())["status"] == "terminated"
     await asyncio.sleep(1.0)
     assert len(attempts) == 1  # no attempt after the terminate
+
+
+class Ticks(WorkflowEntrypoint):
+    async def run(self, event: Any, step: Any) -> Any:
+        first = await step.wait_for_event("tick 1", "tick", timeout="1 hour")
+        second = await step.wait_for_event("tick 2", "tick", timeout="1 hour")  # in memory: a stream
+        return [first["payload"], second["payload"]]
+
+
+async def _in_memory(engine: Engine, instance: Any) -> None:
+    """Until the run of ``instance`` is in this worker's memory and the instance reads waiting."""
+    deadline = time.monotonic() + 2
+    while not (engine._running and (await instance.status())["status"] == "waiting"):
+        assert time.monotonic() < deadline, await instance.status()
+        await asyncio.sleep(0.01)
+
+
+async def test_an_event_wait_in_memory_reads_waiting_and_terminate_acts_at_once(make_engine: Make) -> None:
+    """The second wait for an event type this run already took is kept in memory for up to
+    fast_wait (a fan-in's stream of events): the instance reads waiting meanwhile, an event
+    ends it in place, and terminate during such a wait drops the run at once."""
+    engine = make_engine(fast_wait=2.0)
+    binding = engine.register(Ticks, name="ticks")
+    await engine.start()
+    streamed = await binding.create(id="streamed")
+    await until_status(streamed, "waiting", timeout=2)
+    await streamed.send_event("tick", 1)
+    await _in_memory(engine, streamed)  # the second wait, in this worker's memory
+    await streamed.send_event("tick", 2)
+    assert (await streamed.wait(5)) == {"status": "complete", "output": [1, 2], "error": None}
+
+    gone = await binding.create(id="gone")
+    await until_status(gone, "waiting", timeout=2)
+    await gone.send_event("tick", 1)
+    await _in_memory(engine, gone)
+    await gone.terminate()
+    deadline = time.monotonic() + 1
+    while engine._running:  # dropped at once, not when the 2 s in memory are over
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.01)
+    assert (await gone.status())["status"] == "terminated"
